@@ -1,0 +1,453 @@
+package sqlite_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/sqlite"
+	"github.com/pylonhq/pylon/storetest"
+)
+
+// createDevices creates n devices through the store and returns their IDs.
+func createDevices(tb testing.TB, db *sqlite.DB, n int) []string {
+	tb.Helper()
+	devices := sqlite.NewDeviceService(db)
+	ids := make([]string, n)
+	for i := range ids {
+		d := &pylon.Device{Name: fmt.Sprintf("device-%05d", i)}
+		if err := devices.CreateDevice(context.Background(), d); err != nil {
+			tb.Fatalf("create device: %v", err)
+		}
+		ids[i] = d.ID
+	}
+	return ids
+}
+
+// reading returns a numeric reading.
+func reading(name string, t time.Time, v float64) pylon.Reading {
+	return pylon.Reading{Name: name, Unit: "Cel", Time: t, Value: &v}
+}
+
+// mustWrite writes msgs and fails tb unless every status is want.
+func mustWrite(tb testing.TB, ts pylon.TelemetryService, want pylon.WriteStatus, msgs ...*pylon.TelemetryMessage) {
+	tb.Helper()
+	st, err := ts.WriteMessages(context.Background(), msgs)
+	if err != nil {
+		tb.Fatalf("write: %v", err)
+	}
+	for i, s := range st {
+		if s != want {
+			tb.Fatalf("message %d: got status %d, want %d", i, s, want)
+		}
+	}
+}
+
+func TestTelemetryQuarantineCap(t *testing.T) {
+	path := tempPath(t)
+	db, _ := MustOpenDB(t, path)
+	ts := sqlite.NewTelemetryService(db)
+	dev := createDevices(t, db, 1)[0]
+	ctx := context.Background()
+	const extra = 5
+	for i := range pylon.MaxQuarantine + extra {
+		if err := ts.QuarantineMessage(ctx, &pylon.QuarantinedMessage{DeviceID: dev, Reason: fmt.Sprint(i)}); err != nil {
+			t.Fatalf("quarantine %d: %v", i, err)
+		}
+	}
+	var n int
+	var oldest string
+	if err := openRaw(t, path).QueryRow(`SELECT count(*), (SELECT reason FROM quarantine ORDER BY id LIMIT 1) FROM quarantine`).Scan(&n, &oldest); err != nil {
+		t.Fatal(err)
+	}
+	if n != pylon.MaxQuarantine || oldest != fmt.Sprint(extra) {
+		t.Fatalf("got %d messages, oldest %q; want %d, oldest %q", n, oldest, pylon.MaxQuarantine, fmt.Sprint(extra))
+	}
+	got, err := ts.FindQuarantine(ctx, "", 5000)
+	if err != nil {
+		t.Fatalf("find: %v", err)
+	}
+	if len(got) != 1000 || got[0].Reason != fmt.Sprint(pylon.MaxQuarantine+extra-1) {
+		t.Fatalf("got %d messages, newest %q; want 1000 (the maximum), newest first", len(got), got[0].Reason)
+	}
+}
+
+func TestTelemetryQuarantineReason(t *testing.T) {
+	db, _ := MustOpenDB(t, sqlite.MemoryDSN)
+	ts := sqlite.NewTelemetryService(db)
+	dev := createDevices(t, db, 1)[0]
+	tests := []struct {
+		name   string
+		reason string
+		want   string
+	}{
+		{"short", "bad seq", "bad seq"},
+		{"at the limit", strings.Repeat("a", 1024), strings.Repeat("a", 1024)},
+		{"cut at a byte", strings.Repeat("a", 1030), strings.Repeat("a", 1024)},
+		{"not inside a rune", strings.Repeat("a", 1023) + "é", strings.Repeat("a", 1023)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &pylon.QuarantinedMessage{DeviceID: dev, Reason: tt.reason}
+			if err := ts.QuarantineMessage(context.Background(), m); err != nil {
+				t.Fatalf("quarantine: %v", err)
+			}
+			got, err := ts.FindQuarantine(context.Background(), dev, 1)
+			if err != nil || len(got) != 1 {
+				t.Fatalf("find: %v", err)
+			}
+			if got[0].Reason != tt.want || m.Reason != tt.want {
+				t.Fatalf("got reason of %d bytes (%d in m), want %d", len(got[0].Reason), len(m.Reason), len(tt.want))
+			}
+		})
+	}
+}
+
+func TestTelemetryRetentionChunks(t *testing.T) {
+	// More readings and message records than one deletion transaction
+	// (10000) takes.
+	db, _ := MustOpenDB(t, tempPath(t))
+	ts := sqlite.NewTelemetryService(db)
+	devs := createDevices(t, db, 3)
+	old := storetest.T0.Add(-48 * time.Hour)
+	var msgs []*pylon.TelemetryMessage
+	seq := map[string]uint64{}
+	for i := range 25 {
+		dev := devs[i%len(devs)]
+		rs := make([]pylon.Reading, 1000)
+		for j := range rs {
+			rs[j] = reading(fmt.Sprintf("n%d", j%7), old.Add(time.Duration(i*1000+j)*time.Millisecond), float64(j))
+		}
+		seq[dev]++
+		msgs = append(msgs, &pylon.TelemetryMessage{DeviceID: dev, Seq: seq[dev], Received: old, Readings: rs})
+	}
+	for i := range 12_000 {
+		dev := devs[i%len(devs)]
+		seq[dev]++
+		msgs = append(msgs, &pylon.TelemetryMessage{DeviceID: dev, Seq: seq[dev], Received: old})
+	}
+	for batch := range slices.Chunk(msgs, 1000) {
+		mustWrite(t, ts, pylon.WriteStored, batch...)
+	}
+	// One recent reading stays.
+	dev := devs[0]
+	seq[dev]++
+	mustWrite(t, ts, pylon.WriteStored, &pylon.TelemetryMessage{DeviceID: dev, Seq: seq[dev], Received: storetest.T0,
+		Readings: []pylon.Reading{reading("n0", storetest.T0, 1)}})
+
+	n, err := ts.DeleteReadingsBefore(context.Background(), storetest.T0.Add(-time.Hour))
+	if err != nil || n != 25_000 {
+		t.Fatalf("got %d deleted, %v; want 25000", n, err)
+	}
+	raw := openRaw(t, db.DSN)
+	var readings, messages int
+	if err := raw.QueryRow(`SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM messages)`).Scan(&readings, &messages); err != nil {
+		t.Fatal(err)
+	}
+	// Left: the recent reading; the recent message and the newest message
+	// of each other device.
+	if readings != 1 || messages != len(devs) {
+		t.Fatalf("got %d readings and %d messages left, want 1 and %d", readings, messages, len(devs))
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestRunRetention(t *testing.T) {
+	var logs syncBuffer
+	db := sqlite.NewDB(tempPath(t), slog.New(slog.NewTextHandler(&logs, nil)))
+	c := &clock{t: storetest.T0}
+	db.Now = c.Now
+	if err := db.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ts := sqlite.NewTelemetryService(db)
+	dev := createDevices(t, db, 1)[0]
+	mustWrite(t, ts, pylon.WriteStored,
+		&pylon.TelemetryMessage{DeviceID: dev, Seq: 1, Received: storetest.T0, Readings: []pylon.Reading{
+			reading("temp", storetest.T0.Add(-3*time.Hour), 1), reading("temp", storetest.T0.Add(-2*time.Hour), 2), reading("temp", storetest.T0, 3)}})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ts.RunRetention(ctx, 90*time.Minute, 10*time.Millisecond)
+	}()
+	// The first run deletes the two old readings; later runs find nothing.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "deleted=2") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no retention log within 10s; logs: %s", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Time passes: the next run deletes the last reading.
+	c.Set(storetest.T0.Add(2 * time.Hour))
+	for !strings.Contains(logs.String(), "deleted=1") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no second retention log within 10s; logs: %s", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("RunRetention did not return after cancel")
+	}
+	if got, _, err := ts.FindReadings(context.Background(), pylon.ReadingFilter{DeviceID: dev}); err != nil || len(got) != 0 {
+		t.Fatalf("got %d readings (%v), want 0", len(got), err)
+	}
+	if n := strings.Count(logs.String(), "level=INFO msg=\"telemetry retention\""); n != 2 {
+		t.Fatalf("got %d retention logs, want 2 (none when nothing was deleted): %s", n, logs.String())
+	}
+
+	// Disabled retention returns at once.
+	ts.RunRetention(context.Background(), 0, time.Second)
+}
+
+func TestTelemetryManySeries(t *testing.T) {
+	// More names than one compound query merges (200): the pages of
+	// several queries are merged.
+	const names, per = 450, 3
+	db, _ := MustOpenDB(t, tempPath(t))
+	ts := sqlite.NewTelemetryService(db)
+	dev := createDevices(t, db, 1)[0]
+	var rs []pylon.Reading
+	for i := range names * per {
+		// Reading i: name i%names, time i ms, value i.
+		rs = append(rs, reading(fmt.Sprintf("n%03d", i%names), storetest.T0.Add(time.Duration(i)*time.Millisecond), float64(i)))
+	}
+	mustWrite(t, ts, pylon.WriteStored, &pylon.TelemetryMessage{DeviceID: dev, Seq: 1, Readings: rs[:1000]}, &pylon.TelemetryMessage{DeviceID: dev, Seq: 2, Readings: rs[1000:]})
+	for _, desc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("desc=%v", desc), func(t *testing.T) {
+			var got []float64
+			f := pylon.ReadingFilter{DeviceID: dev, Limit: 77, Desc: desc}
+			for {
+				page, next, err := ts.FindReadings(context.Background(), f)
+				if err != nil {
+					t.Fatalf("find: %v", err)
+				}
+				for _, r := range page {
+					if want := fmt.Sprintf("n%03d", int(*r.Value)%names); r.Name != want {
+						t.Fatalf("reading %v: got name %s, want %s", *r.Value, r.Name, want)
+					}
+					got = append(got, *r.Value)
+				}
+				if next == "" {
+					break
+				}
+				f.Cursor = next
+			}
+			want := make([]float64, names*per)
+			for i := range want {
+				want[i] = float64(i)
+			}
+			if desc {
+				slices.Reverse(want)
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("got %d readings in order %v..., want %d in time order", len(got), got[:min(len(got), 5)], len(want))
+			}
+		})
+	}
+	latest, err := ts.LatestReadings(context.Background(), dev)
+	if err != nil || len(latest) != names {
+		t.Fatalf("got %d latest readings (%v), want %d", len(latest), err, names)
+	}
+	for i, r := range latest {
+		if want := float64((per-1)*names + i); *r.Value != want {
+			t.Fatalf("latest %s: got %v, want %v", r.Name, *r.Value, want)
+		}
+	}
+}
+
+func TestTelemetrySecondWriter(t *testing.T) {
+	// Two services on one database break the single-writer assumption of
+	// the caches; a constraint failure makes the stale one look again.
+	db, _ := MustOpenDB(t, tempPath(t))
+	one, two := sqlite.NewTelemetryService(db), sqlite.NewTelemetryService(db)
+	dev := createDevices(t, db, 1)[0]
+	m := func(seq uint64) *pylon.TelemetryMessage {
+		return &pylon.TelemetryMessage{DeviceID: dev, Seq: seq, Readings: []pylon.Reading{reading("temp", storetest.T0, float64(seq))}}
+	}
+	mustWrite(t, two, pylon.WriteStored, m(1))       // two caches seq 1
+	mustWrite(t, one, pylon.WriteStored, m(2), m(3)) // behind two's back
+	st, err := two.WriteMessages(context.Background(), []*pylon.TelemetryMessage{m(3), m(4)})
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if st[0] != pylon.WriteDuplicate || st[1] != pylon.WriteStored {
+		t.Fatalf("got statuses %v, want duplicate, stored", st)
+	}
+	got, _, err := one.FindReadings(context.Background(), pylon.ReadingFilter{DeviceID: dev})
+	if err != nil || len(got) != 4 {
+		t.Fatalf("got %d readings (%v), want 4", len(got), err)
+	}
+}
+
+func TestTelemetryMemory(t *testing.T) {
+	// With ":memory:", reads and the write transaction share one
+	// connection; nothing may wait on itself.
+	db, _ := MustOpenDB(t, sqlite.MemoryDSN)
+	ts := sqlite.NewTelemetryService(db)
+	devs := createDevices(t, db, 2)
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 20 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, err := ts.WriteMessages(context.Background(), []*pylon.TelemetryMessage{
+				{DeviceID: devs[i%2], Seq: uint64(i + 1), Readings: []pylon.Reading{reading("temp", storetest.T0, float64(i))}}})
+			if err != nil {
+				errs <- err
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if _, _, err := ts.FindReadings(context.Background(), pylon.ReadingFilter{DeviceID: devs[i%2]}); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("concurrent use: %v", err)
+	}
+	got, _, err := ts.FindReadings(context.Background(), pylon.ReadingFilter{DeviceID: devs[0]})
+	if err != nil || len(got) != 10 {
+		t.Fatalf("got %d readings (%v), want 10", len(got), err)
+	}
+}
+
+func TestTelemetryClosedDB(t *testing.T) {
+	db, _ := MustOpenDB(t, tempPath(t))
+	ts := sqlite.NewTelemetryService(db)
+	dev := createDevices(t, db, 1)[0]
+	msg := &pylon.TelemetryMessage{DeviceID: dev, Seq: 1, Readings: []pylon.Reading{reading("temp", storetest.T0, 1)}}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.WriteMessages(context.Background(), []*pylon.TelemetryMessage{msg}); pylon.ErrorCode(err) != pylon.EINTERNAL {
+		t.Fatalf("write after close: got %v, want an internal error", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := sqlite.NewTelemetryService(db).WriteMessages(ctx, []*pylon.TelemetryMessage{msg}); err == nil {
+		t.Fatal("write with a cancelled context: got no error")
+	}
+}
+
+// benchFleet creates devices in a file database, bypassing the store for
+// speed, and returns the service and the device IDs.
+func benchFleet(b *testing.B, devices int) (*sqlite.TelemetryService, *sql.DB, []string) {
+	path := tempPath(b)
+	db, _ := MustOpenDB(b, path)
+	raw := loadDevices(b, path, devices)
+	rows, err := raw.Query(`SELECT id FROM devices ORDER BY seq`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			b.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return sqlite.NewTelemetryService(db), raw, ids
+}
+
+// BenchmarkWriteMessages measures stored readings per second for the
+// batch shapes of the ingest path, with messages spread round-robin over
+// a fleet. Each iteration is one WriteMessages call (one commit).
+func BenchmarkWriteMessages(b *testing.B) {
+	for _, bc := range []struct {
+		msgs, readings, devices int
+		noIndex                 bool
+	}{
+		{64, 1, 16, false},
+		{64, 1, 1000, false},
+		{64, 1, 1000, true},
+		{16, 50, 16, false},
+		{16, 50, 1000, false},
+		{16, 50, 1000, true},
+	} {
+		name := fmt.Sprintf("%dx%d/devices=%d", bc.msgs, bc.readings, bc.devices)
+		if bc.noIndex {
+			name += "/no-index"
+		}
+		b.Run(name, func(b *testing.B) {
+			ts, raw, devs := benchFleet(b, bc.devices)
+			if bc.noIndex {
+				if _, err := raw.Exec(`DROP INDEX readings_series_time_idx`); err != nil {
+					b.Fatal(err)
+				}
+			}
+			names := make([]string, bc.readings)
+			for i := range names {
+				names[i] = fmt.Sprintf("sensor/%d", i)
+			}
+			seqs := make([]uint64, len(devs))
+			msgs := make([]*pylon.TelemetryMessage, bc.msgs)
+			for i := range msgs {
+				msgs[i] = &pylon.TelemetryMessage{Readings: make([]pylon.Reading, bc.readings)}
+			}
+			ctx := context.Background()
+			now := storetest.T0
+			next := 0
+			stored := 0
+			for b.Loop() {
+				for _, m := range msgs {
+					d := next % len(devs)
+					next++
+					seqs[d]++
+					now = now.Add(time.Millisecond)
+					m.DeviceID, m.Seq, m.Received = devs[d], seqs[d], now
+					for j := range m.Readings {
+						v := float64(next) * 0.25
+						m.Readings[j] = pylon.Reading{Name: names[j], Unit: "Cel", Time: now, Value: &v}
+					}
+				}
+				st, err := ts.WriteMessages(ctx, msgs)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if st[len(st)-1] != pylon.WriteStored {
+					b.Fatalf("got status %d, want stored", st[len(st)-1])
+				}
+				stored += bc.msgs * bc.readings
+			}
+			b.ReportMetric(float64(stored)/b.Elapsed().Seconds(), "readings/s")
+		})
+	}
+}
