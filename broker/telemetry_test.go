@@ -1,0 +1,391 @@
+package broker_test
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/broker"
+	"github.com/pylonhq/pylon/ingest"
+)
+
+// fakeIngester answers Ingest with fn and records the calls.
+type fakeIngester struct {
+	mu    sync.Mutex
+	fn    func(payload []byte) ingest.Result
+	calls []ingestCall
+}
+
+type ingestCall struct {
+	device  string
+	pub     crypto.PublicKey
+	payload string
+}
+
+func (f *fakeIngester) Ingest(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte) ingest.Result {
+	f.mu.Lock()
+	f.calls = append(f.calls, ingestCall{deviceID, pub, string(payload)})
+	fn := f.fn
+	f.mu.Unlock()
+	return fn(payload)
+}
+
+func (f *fakeIngester) Calls() []ingestCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]ingestCall(nil), f.calls...)
+}
+
+func (f *fakeIngester) Set(fn func(payload []byte) ingest.Result) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fn = fn
+}
+
+func accept([]byte) ingest.Result {
+	return ingest.Result{Reason: ingest.ReasonSuccess, Seq: 7, Readings: 1}
+}
+
+// refuseWith returns an Ingest answer refusing every message as the
+// ingester would.
+func refuseWith(reason byte, code, msg string) func([]byte) ingest.Result {
+	return func([]byte) ingest.Result {
+		return ingest.Result{Reason: reason, Seq: 42, Err: pylon.Errorf(code, "%s", msg)}
+	}
+}
+
+func retry([]byte) ingest.Result {
+	return ingest.Result{Reason: ingest.ReasonUnspecified, Seq: 9, Err: errors.New("disk full"), Retry: true}
+}
+
+// MustStartIngest starts a broker with a plain listener and a fake
+// ingester that answers with fn.
+func MustStartIngest(t *testing.T, fn func([]byte) ingest.Result) (*env, *fakeIngester) {
+	t.Helper()
+	ing := &fakeIngester{fn: fn}
+	e := MustStart(t, func(o *broker.Options, _ *fakeStore) {
+		o.Ingest = ing
+		o.PlainAddr = "127.0.0.1:0"
+	})
+	return e, ing
+}
+
+// integration connects a plain-listener client subscribed to devices/#.
+func (e *env) integration(t *testing.T) *client {
+	t.Helper()
+	in, _, err := e.ConnectPlain("integration-1", e.store.AddToken(pylon.RoleViewer))
+	if err != nil {
+		t.Fatalf("connect integration: %v", err)
+	}
+	if got := in.SubscribeCodes(t, "devices/#"); got[0] != 1 {
+		t.Fatalf("integration subscribe: got 0x%02x", got[0])
+	}
+	return in
+}
+
+func decodeReport(t *testing.T, m *paho.Publish) broker.ErrorReport {
+	t.Helper()
+	var r broker.ErrorReport
+	if err := json.Unmarshal(m.Payload, &r); err != nil {
+		t.Fatalf("error report %q: %v", m.Payload, err)
+	}
+	if _, err := time.Parse(time.RFC3339, r.Time); err != nil {
+		t.Errorf("error report time %q: %v", r.Time, err)
+	}
+	return r
+}
+
+func TestTelemetry_AcceptedIsAckedAndRouted(t *testing.T) {
+	e, ing := MustStartIngest(t, accept)
+	in := e.integration(t)
+	id, cert := e.NewDevice()
+	dev := e.MustConnect(cert, id)
+
+	if got := dev.Publish1(t, broker.TelemetryTopic(id), []byte("sealed"), false); got != 0 {
+		t.Fatalf("telemetry: got PUBACK 0x%02x, want 0x00", got)
+	}
+	if m := in.Receive(t); m.Topic != broker.TelemetryTopic(id) || string(m.Payload) != "sealed" {
+		t.Fatalf("integration received %q %q, want the telemetry message", m.Topic, m.Payload)
+	}
+	if got := dev.Publish1(t, "devices/"+id+"/status", []byte("up"), false); got != 0 {
+		t.Fatalf("status: got PUBACK 0x%02x, want 0x00", got)
+	}
+	calls := ing.Calls()
+	if len(calls) != 1 || calls[0].device != id || calls[0].payload != "sealed" {
+		t.Fatalf("Ingest calls: got %+v, want one for the telemetry message of %s", calls, id)
+	}
+	pub, ok := calls[0].pub.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(cert.Leaf.PublicKey) {
+		t.Fatalf("Ingest key: got %T, want the device certificate's key", calls[0].pub)
+	}
+	if got := broker.KeysHeld(e.b); got != 1 {
+		t.Errorf("keys held while connected: got %d, want 1", got)
+	}
+	_ = dev.Disconnect(&paho.Disconnect{})
+	waitFor(t, "key released", func() bool { return broker.KeysHeld(e.b) == 0 })
+}
+
+func TestTelemetry_RefusedMQTT5(t *testing.T) {
+	tests := []struct {
+		name   string
+		qos    byte
+		reason byte
+		code   string
+	}{
+		{"bad signature QoS 1", 1, ingest.ReasonNotAuthorized, pylon.EUNAUTHORIZED},
+		{"invalid QoS 1", 1, ingest.ReasonPayloadInvalid, pylon.EINVALID},
+		{"malformed QoS 1", 1, ingest.ReasonPayloadInvalid, pylon.EBADREQUEST},
+		{"too large QoS 1", 1, ingest.ReasonTooLarge, pylon.ETOOLARGE},
+		{"invalid QoS 2", 2, ingest.ReasonPayloadInvalid, pylon.EINVALID},
+		{"invalid QoS 0", 0, ingest.ReasonPayloadInvalid, pylon.EINVALID},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, _ := MustStartIngest(t, refuseWith(tt.reason, tt.code, "senml: record 0: nope"))
+			in := e.integration(t)
+			id, cert := e.NewDevice()
+			dev := e.MustConnect(cert, id)
+			if got := dev.SubscribeCodes(t, broker.ErrorsTopic(id)); got[0] != 1 {
+				t.Fatalf("subscribe errors: got 0x%02x", got[0])
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			pr, err := dev.Publish(ctx, &paho.Publish{Topic: broker.TelemetryTopic(id), QoS: tt.qos, Payload: []byte("bad")})
+			switch {
+			case tt.qos == 0 && err != nil:
+				t.Fatalf("publish QoS 0: %v", err)
+			case tt.qos > 0 && pr == nil:
+				t.Fatalf("publish: no acknowledgement: %v", err)
+			case tt.qos > 0 && pr.ReasonCode != tt.reason:
+				t.Fatalf("acknowledgement: got 0x%02x, want 0x%02x", pr.ReasonCode, tt.reason)
+			case tt.qos > 0 && (pr.Properties == nil || pr.Properties.ReasonString != "senml: record 0: nope"):
+				t.Errorf("acknowledgement reason string: got %+v, want the refusal", pr.Properties)
+			}
+			m := dev.Receive(t)
+			if m.Topic != broker.ErrorsTopic(id) || m.QoS != 1 {
+				t.Fatalf("device received %q at QoS %d, want its errors topic at QoS 1", m.Topic, m.QoS)
+			}
+			r := decodeReport(t, m)
+			wantCode := map[byte]string{ingest.ReasonNotAuthorized: "unauthorized", ingest.ReasonTooLarge: "too_large"}[tt.reason]
+			if wantCode == "" {
+				wantCode = "invalid"
+			}
+			if r.Seq != 42 || r.Code != wantCode || r.Reason != "senml: record 0: nope" {
+				t.Fatalf("error report: got %+v, want seq 42, code %s and the reason", r, wantCode)
+			}
+			// The integration sees the error report but never the refused message.
+			if m := in.Receive(t); m.Topic != broker.ErrorsTopic(id) {
+				t.Fatalf("integration received %q, want only the error report", m.Topic)
+			}
+			e.ExpectOnly(t, in, "devices/"+id+"/marker")
+			if got := e.metric("pylon_mqtt_telemetry_refused_total", "code", wantCode); got != 1 {
+				t.Errorf("refusals counted: got %v, want 1", got)
+			}
+			// The session goes on.
+			if got := dev.Publish1(t, "devices/"+id+"/status", []byte("ok"), false); got != 0 {
+				t.Fatalf("publish after a refusal: got 0x%02x, want 0x00", got)
+			}
+		})
+	}
+}
+
+func TestTelemetry_RefusedRetainedIsNotRetained(t *testing.T) {
+	e, _ := MustStartIngest(t, refuseWith(ingest.ReasonNotAuthorized, pylon.EUNAUTHORIZED, "bad signature"))
+	id, cert := e.NewDevice()
+	dev := e.MustConnect(cert, id)
+	if got := dev.Publish1(t, broker.TelemetryTopic(id), []byte("forged"), true); got != ingest.ReasonNotAuthorized {
+		t.Fatalf("got PUBACK 0x%02x, want 0x87", got)
+	}
+	in := e.integration(t) // subscribes after: would get a retained message first
+	e.ExpectOnly(t, in, "devices/"+id+"/marker")
+}
+
+// v3Packet reads one MQTT packet: its first byte and its body.
+func v3Packet(t *testing.T, r *bufio.Reader) (byte, []byte) {
+	t.Helper()
+	h, err := r.ReadByte()
+	if err != nil {
+		t.Fatalf("read packet: %v", err)
+	}
+	n, shift := 0, 0
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			t.Fatalf("read length: %v", err)
+		}
+		n |= int(b&0x7f) << shift
+		if b&0x80 == 0 {
+			break
+		}
+		shift += 7
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return h, body
+}
+
+// v3Publish sends a QoS 1 PUBLISH with packet id 1.
+func v3Publish(t *testing.T, conn net.Conn, topic string, payload []byte) {
+	t.Helper()
+	body := append(appendString(nil, topic), 0, 1)
+	if _, err := conn.Write(appendPacket(nil, 0x32, append(body, payload...))); err != nil {
+		t.Fatalf("write PUBLISH: %v", err)
+	}
+}
+
+func TestTelemetry_RefusedMQTT311(t *testing.T) {
+	e, _ := MustStartIngest(t, refuseWith(ingest.ReasonPayloadInvalid, pylon.EINVALID, "senml: pack: no records"))
+	in := e.integration(t)
+	id, cert := e.NewDevice()
+	conn, err := e.DialTLS(&cert, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if rc := v3Connect(t, conn, id); rc != 0 {
+		t.Fatalf("CONNACK: got %d, want 0", rc)
+	}
+	if rc := v3Subscribe(t, conn, 1, broker.ErrorsTopic(id)); rc != 1 {
+		t.Fatalf("SUBACK: got 0x%02x, want 0x01", rc)
+	}
+	v3Publish(t, conn, broker.TelemetryTopic(id), []byte("bad"))
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(conn)
+	var gotAck, gotReport bool
+	for !gotAck || !gotReport {
+		h, body := v3Packet(t, r)
+		switch h & 0xf0 {
+		case 0x40: // PUBACK: a normal one, 3.1.1 has no negative acknowledgement
+			if len(body) != 2 || body[0] != 0 || body[1] != 1 {
+				t.Fatalf("PUBACK: got % x, want packet id 1", body)
+			}
+			gotAck = true
+		case 0x30:
+			tl := int(body[0])<<8 | int(body[1])
+			if topic := string(body[2 : 2+tl]); topic != broker.ErrorsTopic(id) {
+				t.Fatalf("PUBLISH to %q, want the errors topic", topic)
+			}
+			var rep broker.ErrorReport
+			if err := json.Unmarshal(body[2+tl+2:], &rep); err != nil || rep.Code != "invalid" || rep.Reason != "senml: pack: no records" {
+				t.Fatalf("error report: got %+v (%v)", rep, err)
+			}
+			gotReport = true
+		default:
+			t.Fatalf("unexpected packet 0x%02x", h)
+		}
+	}
+	if m := in.Receive(t); m.Topic != broker.ErrorsTopic(id) {
+		t.Fatalf("integration received %q, want only the error report", m.Topic)
+	}
+	e.ExpectOnly(t, in, "devices/"+id+"/marker")
+}
+
+func TestTelemetry_RetryDisconnectsWithoutAck(t *testing.T) {
+	e, ing := MustStartIngest(t, retry)
+	in := e.integration(t)
+	id, cert := e.NewDevice()
+	dev := e.MustConnect(cert, id)
+	waitFor(t, "online", func() bool { return e.store.Online(id) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan *paho.PublishResponse, 1)
+	go func() {
+		pr, _ := dev.Publish(ctx, &paho.Publish{Topic: broker.TelemetryTopic(id), QoS: 1, Payload: []byte("m")})
+		done <- pr
+	}()
+	select {
+	case d := <-dev.disc:
+		if d.ReasonCode != 0x88 {
+			t.Fatalf("got DISCONNECT 0x%02x, want 0x88 (server unavailable)", d.ReasonCode)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no DISCONNECT")
+	}
+	cancel() // no PUBACK came before the DISCONNECT, and none can come after it
+	if pr := <-done; pr != nil {
+		t.Fatalf("got an acknowledgement %+v, want none", pr)
+	}
+	waitFor(t, "offline", func() bool { return !e.store.Online(id) })
+	evs := e.store.Events(id)
+	if last := evs[len(evs)-1]; last.Reason != "telemetry not stored; the device will resend" {
+		t.Errorf("offline reason: got %q", last.Reason)
+	}
+	e.ExpectOnly(t, in, "devices/"+id+"/marker")
+	if got := e.metric("pylon_mqtt_telemetry_disconnects_total"); got != 1 {
+		t.Errorf("disconnects counted: got %v, want 1", got)
+	}
+
+	// Once the store is back, the resent message is acknowledged.
+	ing.Set(accept)
+	dev = e.MustConnect(cert, id)
+	if got := dev.Publish1(t, broker.TelemetryTopic(id), []byte("m"), false); got != 0 {
+		t.Fatalf("resend: got PUBACK 0x%02x, want 0x00", got)
+	}
+	if m := in.Receive(t); string(m.Payload) != "m" {
+		t.Fatalf("integration received %q, want the resent message", m.Payload)
+	}
+}
+
+func TestTelemetry_RetryMQTT311ClosesConnection(t *testing.T) {
+	e, _ := MustStartIngest(t, retry)
+	id, cert := e.NewDevice()
+	conn, err := e.DialTLS(&cert, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if rc := v3Connect(t, conn, id); rc != 0 {
+		t.Fatalf("CONNACK: got %d, want 0", rc)
+	}
+	v3Publish(t, conn, broker.TelemetryTopic(id), []byte("m"))
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 1)
+	n, err := conn.Read(b)
+	var ne net.Error
+	if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("read: got %d bytes (% x), err %v; want the connection closed without a PUBACK", n, b[:n], err)
+	}
+}
+
+func TestTelemetry_DeviceMayNotWriteErrorsTopic(t *testing.T) {
+	e, _ := MustStartIngest(t, accept)
+	id, cert := e.NewDevice()
+	dev := e.MustConnect(cert, id)
+	for _, topic := range []string{broker.ErrorsTopic(id), broker.ErrorsTopic(id) + "/x"} {
+		if got := dev.Publish1(t, topic, []byte(`{"code":"fake"}`), false); got != 0x87 {
+			t.Errorf("publish %s: got PUBACK 0x%02x, want 0x87", topic, got)
+		}
+	}
+	if got := dev.Publish1(t, "devices/"+id+"/errorsx", []byte("ok"), false); got != 0 {
+		t.Errorf("publish errorsx: got PUBACK 0x%02x, want 0x00", got)
+	}
+	if got := dev.SubscribeCodes(t, broker.ErrorsTopic(id)); got[0] != 1 {
+		t.Errorf("subscribe errors: got 0x%02x, want 0x01", got[0])
+	}
+}
+
+func TestTelemetry_WillTopicsRefused(t *testing.T) {
+	e, _ := MustStartIngest(t, accept)
+	id, cert := e.NewDevice()
+	for _, topic := range []string{broker.TelemetryTopic(id), broker.ErrorsTopic(id)} {
+		_, ack, err := e.Connect(cert, id, func(c *paho.Connect) {
+			c.WillMessage = &paho.WillMessage{Topic: topic, QoS: 1, Payload: []byte("unverified")}
+		})
+		if err == nil || ack == nil || ack.ReasonCode != 0x87 {
+			t.Errorf("will on %s: got err=%v ack=%+v, want CONNACK 0x87", topic, err, ack)
+		}
+	}
+}
