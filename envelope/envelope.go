@@ -1,0 +1,217 @@
+package envelope
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"fmt"
+
+	"github.com/pylonhq/pylon"
+	"github.com/veraison/go-cose"
+)
+
+// Content types: CoAP content-format numbers of SenML (RFC 8428 §12.3).
+const (
+	ContentTypeSenMLJSON = 110 // application/senml+json
+	ContentTypeSenMLCBOR = 112 // application/senml+cbor, the default
+)
+
+// Content encodings of the payload.
+const (
+	EncodingNone    = ""        // not compressed
+	EncodingDeflate = "deflate" // raw deflate, RFC 1951
+	EncodingZstd    = "zstd"    // Zstandard frames, RFC 8878
+)
+
+// Private-use header labels of the protected header.
+const (
+	HeaderSeq      = -65537 // uint: the device's message sequence number
+	HeaderEncoding = -65538 // tstr: content encoding of the payload
+)
+
+// Errors. Each error that Open and Seal return because of their input wraps
+// exactly one of them, carries the detail in its message, and is also a
+// *pylon.Error (see the codes below) so that the message can be shown to
+// the device's owner.
+var (
+	// ErrBadSignature means the message is not authentic: the signature does
+	// not verify, it was made with another key, or the algorithm in the
+	// header is not the one of the device's key. MQTT reason code 0x87 (Not
+	// authorized). Code pylon.EUNAUTHORIZED.
+	ErrBadSignature = errors.New("envelope: bad signature")
+
+	// ErrMalformed means the message is not a COSE_Sign1 as this protocol
+	// defines it: bad CBOR, missing or bad headers, a non-empty unprotected
+	// header, an unknown critical header, an unknown content encoding, a
+	// corrupt compressed payload or trailing bytes. MQTT reason code 0x99
+	// (Payload format invalid). Code pylon.EBADREQUEST.
+	ErrMalformed = errors.New("envelope: malformed message")
+
+	// ErrTooLarge means the message is over pylon.MaxMessageBytes or its
+	// payload decompresses to more than pylon.MaxDecodedBytes (or, in Seal,
+	// the pack is over pylon.MaxDecodedBytes). MQTT reason code 0x95 (Packet
+	// too large) or 0x99. Code pylon.ETOOLARGE.
+	ErrTooLarge = errors.New("envelope: message too large")
+)
+
+// Message is an opened telemetry message.
+type Message struct {
+	Seq         uint64 // sequence number, ≥ 1
+	ContentType int    // ContentTypeSenMLCBOR or ContentTypeSenMLJSON
+	Encoding    string // the content encoding it travelled in: "", "deflate" or "zstd"
+	Payload     []byte // the SenML pack, decompressed; never aliases the input
+}
+
+// SealOptions says how Seal encodes a message. The zero value seals an
+// uncompressed SenML CBOR pack as an untagged COSE_Sign1.
+type SealOptions struct {
+	// ContentType is ContentTypeSenMLCBOR (the default, also for 0) or
+	// ContentTypeSenMLJSON.
+	ContentType int
+	// Encoding is EncodingNone, EncodingDeflate or EncodingZstd.
+	Encoding string
+	// Level is the compression level: 0 for the encoding's default, 1–9 for
+	// deflate, 1–22 for zstd (zstd levels map onto the four speeds of
+	// github.com/klauspost/compress/zstd). Ignored without an encoding.
+	Level int
+	// Tagged adds the COSE_Sign1 tag (18) in front, one more byte.
+	Tagged bool
+}
+
+// AlgorithmFor returns the COSE algorithm that a device key must sign with:
+// ES256 for ECDSA P-256, ES384 for ECDSA P-384 and EdDSA for Ed25519. The
+// algorithm is always derived from the key, never from a message. Other
+// keys return an error wrapping ErrBadSignature.
+func AlgorithmFor(pub crypto.PublicKey) (cose.Algorithm, error) {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return cose.AlgorithmES256, nil
+		case elliptic.P384():
+			return cose.AlgorithmES384, nil
+		}
+		return 0, badSignature("unsupported ECDSA curve %s", k.Curve.Params().Name)
+	case ed25519.PublicKey:
+		if len(k) != ed25519.PublicKeySize {
+			return 0, badSignature("bad Ed25519 public key")
+		}
+		return cose.AlgorithmEdDSA, nil
+	}
+	return 0, badSignature("unsupported key type %T", pub)
+}
+
+// Seal compresses the SenML pack senml if opts asks for it and signs it
+// with signer, a crypto.Signer holding an ECDSA P-256 or P-384 key or an
+// Ed25519 key (the key of the device's certificate). seq must be ≥ 1 and
+// greater than that of every message the device sent before (see the
+// package documentation). It returns the COSE_Sign1 to publish.
+func Seal(signer crypto.Signer, seq uint64, senml []byte, opts SealOptions) ([]byte, error) {
+	ct := opts.ContentType
+	if ct == 0 {
+		ct = ContentTypeSenMLCBOR
+	}
+	switch {
+	case ct != ContentTypeSenMLCBOR && ct != ContentTypeSenMLJSON:
+		return nil, fmt.Errorf("envelope: unsupported content type %d", opts.ContentType)
+	case seq == 0:
+		return nil, errors.New("envelope: sequence number must be at least 1")
+	case len(senml) > pylon.MaxDecodedBytes:
+		return nil, tooLarge("pack of %d bytes is over the limit of %d", len(senml), pylon.MaxDecodedBytes)
+	}
+	alg, err := AlgorithmFor(signer.Public())
+	if err != nil {
+		return nil, fmt.Errorf("envelope: signer: %w", err)
+	}
+	payload, err := compress(opts.Encoding, opts.Level, senml)
+	if err != nil {
+		return nil, err
+	}
+	var hdr [32]byte
+	protected := appendProtected(hdr[:0], alg, seq, ct, opts.Encoding)
+
+	s, err := cose.NewSigner(alg, signer)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: signer: %w", err)
+	}
+	tbs := appendSigStructure(make([]byte, 0, sigStructureLen(protected, payload)), protected, payload)
+	sig, err := s.Sign(rand.Reader, tbs)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: sign: %w", err)
+	}
+	msg := appendSign1(make([]byte, 0, sign1Len(protected, payload, sig)+1), opts.Tagged, protected, payload, sig)
+	if len(msg) > pylon.MaxMessageBytes {
+		return nil, tooLarge("sealed message of %d bytes is over the limit of %d", len(msg), pylon.MaxMessageBytes)
+	}
+	return msg, nil
+}
+
+// Open verifies msg with pub, the public key of the device's certificate,
+// and returns its decompressed content. The algorithm is derived from pub
+// (see AlgorithmFor); a message whose alg header differs fails with
+// ErrBadSignature. The payload is decompressed only after the signature
+// has verified, and never beyond pylon.MaxDecodedBytes.
+//
+// Open does not check the sequence number against earlier messages: that is
+// the caller's job, as it needs the device's stored high-water mark.
+func Open(msg []byte, pub crypto.PublicKey) (*Message, error) {
+	if len(msg) > pylon.MaxMessageBytes {
+		return nil, tooLarge("message of %d bytes is over the limit of %d", len(msg), pylon.MaxMessageBytes)
+	}
+	protected, payload, sig, err := parseSign1(msg)
+	if err != nil {
+		return nil, err
+	}
+	hdr, err := parseProtected(protected)
+	if err != nil {
+		return nil, err
+	}
+	alg, err := AlgorithmFor(pub)
+	if err != nil {
+		return nil, err
+	}
+	if hdr.alg != alg {
+		return nil, badSignature("algorithm mismatch: the header says %s, the device key needs %s", hdr.alg, alg)
+	}
+	v, err := cose.NewVerifier(alg, pub)
+	if err != nil {
+		return nil, badSignature("unusable device key")
+	}
+	if err := verify(v, protected, payload, sig); err != nil {
+		return nil, err
+	}
+	content, err := decompress(hdr.encoding, payload)
+	if err != nil {
+		return nil, err
+	}
+	return &Message{Seq: hdr.seq, ContentType: hdr.contentType, Encoding: hdr.encoding, Payload: content}, nil
+}
+
+// codedError is an error caused by the input: it wraps one of the
+// sentinels and a *pylon.Error with a user-safe message.
+type codedError struct {
+	sentinel error
+	perr     *pylon.Error
+}
+
+func (e *codedError) Error() string   { return e.perr.Message }
+func (e *codedError) Unwrap() []error { return []error{e.sentinel, e.perr} }
+
+func newError(sentinel error, code, format string, args ...any) error {
+	return &codedError{sentinel, pylon.Errorf(code, sentinel.Error()+": "+format, args...)}
+}
+
+func badSignature(format string, args ...any) error {
+	return newError(ErrBadSignature, pylon.EUNAUTHORIZED, format, args...)
+}
+
+func malformed(format string, args ...any) error {
+	return newError(ErrMalformed, pylon.EBADREQUEST, format, args...)
+}
+
+func tooLarge(format string, args ...any) error {
+	return newError(ErrTooLarge, pylon.ETOOLARGE, format, args...)
+}

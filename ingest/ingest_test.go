@@ -1,0 +1,246 @@
+package ingest_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/envelope"
+	"github.com/pylonhq/pylon/ingest"
+	"github.com/pylonhq/pylon/mock"
+	"github.com/pylonhq/pylon/senml"
+)
+
+// memStore is a TelemetryService that keeps messages in memory and applies
+// the store's dedup and replay rules.
+type memStore struct {
+	mock.TelemetryService
+	mu         sync.Mutex
+	seen       map[uint64]bool
+	high       uint64
+	writes     int
+	readings   int
+	quarantine []*pylon.QuarantinedMessage
+	fail       error
+}
+
+func newMemStore() *memStore {
+	s := &memStore{seen: map[uint64]bool{}}
+	s.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.fail != nil {
+			return nil, s.fail
+		}
+		s.writes++
+		out := make([]pylon.WriteStatus, len(msgs))
+		for i, m := range msgs {
+			switch {
+			case s.seen[m.Seq]:
+				out[i] = pylon.WriteDuplicate
+			case m.Seq+pylon.ReplayWindow < s.high:
+				out[i] = pylon.WriteReplay
+			default:
+				s.seen[m.Seq] = true
+				s.high = max(s.high, m.Seq)
+				s.readings += len(m.Readings)
+			}
+		}
+		return out, nil
+	}
+	s.QuarantineMessageFn = func(ctx context.Context, m *pylon.QuarantinedMessage) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.quarantine = append(s.quarantine, m)
+		return nil
+	}
+	return s
+}
+
+func startIngester(t *testing.T, store pylon.TelemetryService) *ingest.Ingester {
+	t.Helper()
+	in := ingest.New(ingest.Options{Telemetry: store})
+	in.Start()
+	t.Cleanup(func() { in.Close() })
+	return in
+}
+
+func sealed(t testing.TB, key crypto.Signer, seq uint64, recs []senml.Record) []byte {
+	t.Helper()
+	pack, err := senml.EncodeCBOR(recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := envelope.Seal(key, seq, pack, envelope.SealOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg
+}
+
+func temp(v float64) []senml.Record {
+	return []senml.Record{{Name: "temp", Unit: "Cel", Value: &v}}
+}
+
+func TestIngest(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	store := newMemStore()
+	in := startIngester(t, store)
+	ctx := context.Background()
+
+	tests := []struct {
+		name       string
+		payload    []byte
+		wantReason byte
+		wantStatus pylon.WriteStatus
+		wantErr    bool
+		wantCode   string
+	}{
+		{"valid", sealed(t, key, 10000, temp(21.5)), ingest.ReasonSuccess, pylon.WriteStored, false, ""},
+		{"duplicate", sealed(t, key, 10000, temp(21.5)), ingest.ReasonSuccess, pylon.WriteDuplicate, false, ""},
+		{"out of order within window", sealed(t, key, 9000, temp(21)), ingest.ReasonSuccess, pylon.WriteStored, false, ""},
+		{"replay below window", sealed(t, key, 10000-pylon.ReplayWindow-1, temp(21)), ingest.ReasonNotAuthorized, 0, true, ingest.CodeUnauthorized},
+		{"another device's key", sealed(t, other, 10001, temp(21)), ingest.ReasonNotAuthorized, 0, true, ingest.CodeUnauthorized},
+		{"algorithm confusion", sealed(t, edKey, 10002, temp(21)), ingest.ReasonNotAuthorized, 0, true, ingest.CodeUnauthorized},
+		{"garbage", []byte("hello"), ingest.ReasonPayloadInvalid, 0, true, ingest.CodeInvalid},
+		{"unknown unit", sealed(t, key, 10003, []senml.Record{{Name: "d", Unit: "furlong", Value: ptr(1)}}), ingest.ReasonPayloadInvalid, 0, true, ingest.CodeInvalid},
+		{"too large", make([]byte, pylon.MaxMessageBytes+1), ingest.ReasonTooLarge, 0, true, ingest.CodeTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := in.Ingest(ctx, "dev1", &key.PublicKey, tt.payload)
+			if res.Reason != tt.wantReason || (res.Err != nil) != tt.wantErr || res.Retry {
+				t.Fatalf("got reason %#x err %v retry %v, want %#x err=%v", res.Reason, res.Err, res.Retry, tt.wantReason, tt.wantErr)
+			}
+			if !tt.wantErr && res.Status != tt.wantStatus {
+				t.Fatalf("got status %v, want %v", res.Status, tt.wantStatus)
+			}
+			if got := res.Code(); got != tt.wantCode {
+				t.Fatalf("got code %q, want %q", got, tt.wantCode)
+			}
+			if tt.wantErr && pylon.ErrorMessage(res.Err) == "internal error" {
+				t.Fatalf("refusal without a message for the device: %v", res.Err)
+			}
+		})
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if store.readings != 2 {
+		t.Errorf("stored readings: got %d, want 2", store.readings)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(store.quarantine) < 6 && time.Now().Before(deadline) {
+		store.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		store.mu.Lock()
+	}
+	if len(store.quarantine) != 6 {
+		t.Errorf("quarantined: got %d, want 6", len(store.quarantine))
+	}
+}
+
+func TestIngest_StoreFailureAsksForRetry(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	store := newMemStore()
+	store.fail = errors.New("disk full")
+	in := startIngester(t, store)
+	res := in.Ingest(context.Background(), "dev1", &key.PublicKey, sealed(t, key, 1, temp(1)))
+	if !res.Retry || res.Err == nil || res.Reason == ingest.ReasonSuccess || res.Code() != "" {
+		t.Fatalf("got %+v, want a retry without a refusal code", res)
+	}
+}
+
+func TestIngest_GroupCommit(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	store := newMemStore()
+	slow := store.WriteMessagesFn
+	store.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
+		time.Sleep(2 * time.Millisecond) // a commit takes a while: messages gather meanwhile
+		return slow(ctx, msgs)
+	}
+	in := startIngester(t, store)
+	const n = 400
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		msgs[i] = sealed(t, key, uint64(i+1), temp(float64(i)))
+	}
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if res := in.Ingest(context.Background(), "dev1", &key.PublicKey, msgs[i]); res.Err == nil && res.Status == pylon.WriteStored {
+				ok.Add(1)
+			}
+		}(i)
+	}
+	wg.Wait()
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if ok.Load() != n || store.readings != n {
+		t.Fatalf("stored %d (readings %d), want %d", ok.Load(), store.readings, n)
+	}
+	if store.writes >= n/4 {
+		t.Fatalf("got %d commits for %d concurrent messages, want far fewer (group commit)", store.writes, n)
+	}
+	t.Logf("%d messages in %d commits", n, store.writes)
+}
+
+func TestIngest_CloseAnswersEveryone(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	store := newMemStore()
+	in := ingest.New(ingest.Options{Telemetry: store})
+	in.Start()
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			res := in.Ingest(context.Background(), "dev1", &key.PublicKey, sealed(t, key, uint64(i+1), temp(1)))
+			if res.Err != nil && !res.Retry {
+				t.Errorf("message %d: refused with %v during shutdown, want stored or retry", i, res.Err)
+			}
+		}(i)
+	}
+	in.Close()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Ingest calls still blocked after Close")
+	}
+}
+
+func ptr(v float64) *float64 { return &v }
+
+func TestIngest_CloseKeepsQuarantine(t *testing.T) {
+	store := newMemStore()
+	in := ingest.New(ingest.Options{Telemetry: store})
+	in.Start()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	const n = 20
+	for i := range n {
+		if res := in.Ingest(context.Background(), "dev1", &key.PublicKey, []byte{byte(i)}); res.Err == nil {
+			t.Fatalf("garbage %d accepted", i)
+		}
+	}
+	in.Close()
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if len(store.quarantine) != n {
+		t.Fatalf("quarantined after Close: got %d, want %d", len(store.quarantine), n)
+	}
+}
