@@ -1,0 +1,331 @@
+package main_test
+
+// End-to-end tests of the real binary with stock tools: curl, openssl and
+// mosquitto_pub, exactly as docs/protocol.md and the README tell users to.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var pylonBin string // built once by TestMain
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pylon-bin-")
+	if err != nil {
+		panic(err)
+	}
+	pylonBin = filepath.Join(dir, "pylon")
+	if out, err := exec.Command("go", "build", "-o", pylonBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build pylon: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func requireTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			// scripts/test-deps.sh installs them; CI runs it first.
+			t.Fatalf("%s not found: run scripts/test-deps.sh", tool)
+		}
+	}
+}
+
+// binServer is `pylon serve` running as a process.
+type binServer struct {
+	cmd               *exec.Cmd
+	data, api         string
+	apiPort, mqttPort int
+	stdout, stderr    *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer that the server process writes to while the
+// test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func startBinary(t *testing.T, data string) *binServer {
+	t.Helper()
+	s := &binServer{data: data, apiPort: freePort(t), mqttPort: freePort(t), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	s.api = fmt.Sprintf("https://127.0.0.1:%d", s.apiPort)
+	s.cmd = exec.Command(pylonBin, "serve", "--data", data,
+		"--api-addr", fmt.Sprintf("127.0.0.1:%d", s.apiPort),
+		"--mqtt-addr", fmt.Sprintf("127.0.0.1:%d", s.mqttPort))
+	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			s.cmd.Process.Kill()
+			s.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("server stderr:\n%s", s.stderr)
+		}
+	})
+	return s
+}
+
+// stop sends SIGTERM and returns the exit code.
+func (s *binServer) stop(t *testing.T) int {
+	t.Helper()
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("server did not exit within 15s of SIGTERM")
+	}
+	return s.cmd.ProcessState.ExitCode()
+}
+
+// sh runs a shell command with the CLI environment pointing at s and
+// returns its combined output, failing the test on error.
+func (s *binServer) sh(t *testing.T, script string) string {
+	t.Helper()
+	out, err := s.shErr(script)
+	if err != nil {
+		t.Fatalf("%s\n%v\n%s", script, err, out)
+	}
+	return out
+}
+
+func (s *binServer) shErr(script string) (string, error) {
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = filepath.Dir(s.data)
+	cmd.Env = append(os.Environ(),
+		"PYLON="+pylonBin, "API="+s.api, fmt.Sprintf("MQTT_PORT=%d", s.mqttPort),
+		"PYLON_SERVER="+s.api,
+		"PYLON_CA="+filepath.Join(s.data, "ca.crt"),
+		"PYLON_TOKEN_FILE="+filepath.Join(s.data, "admin.token"),
+		"EXAMPLES="+mustAbs("../../examples"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func mustAbs(p string) string {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+func TestBinary_ServeHealthzWithin2s(t *testing.T) {
+	requireTools(t, "curl")
+	data := filepath.Join(t.TempDir(), "d")
+	start := time.Now()
+	s := startBinary(t, data)
+	var out string
+	for {
+		o, err := s.shErr(`curl -sS -o /dev/null -w '%{http_code}' --cacert "$PYLON_CA" "$API/healthz"`)
+		if err == nil && o == "200" {
+			out = o
+			break
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatalf("healthz not 200 within 2s of start: %v %s\n%s", err, o, s.stderr)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Logf("healthz %s after %v", out, time.Since(start))
+	token := strings.TrimSpace(s.sh(t, `cat "$PYLON_TOKEN_FILE"`))
+	if !strings.Contains(s.stdout.String(), token) {
+		t.Error("the admin token was not printed on first start")
+	}
+	if got := s.sh(t, `curl -sS -o /dev/null -w '%{http_code}' --cacert "$PYLON_CA" "$API/api/v1/devices"`); got != "401" {
+		t.Errorf("devices without token: got %s, want 401", got)
+	}
+	if got := s.sh(t, `curl -sS -o /dev/null -w '%{http_code}' --cacert "$PYLON_CA" -H "Authorization: Bearer $(cat "$PYLON_TOKEN_FILE")" "$API/api/v1/devices"`); got != "200" {
+		t.Errorf("devices with admin.token: got %s, want 200", got)
+	}
+	if code := s.stop(t); code != 0 {
+		t.Fatalf("exit code after SIGTERM: got %d, want 0", code)
+	}
+	if strings.Contains(s.stderr.String(), token) {
+		t.Error("the admin token appears in the log")
+	}
+}
+
+func TestBinary_ShellDeviceEnrollRenewPublish(t *testing.T) {
+	requireTools(t, "curl", "openssl", "mosquitto_pub", "base64")
+	data := filepath.Join(t.TempDir(), "d")
+	s := startBinary(t, data)
+	waitHealthy(t, s)
+
+	// Register, make a token, enroll with openssl+curl only (examples/shell/enroll.sh).
+	var dev struct{ ID string }
+	mustJSON(t, s.sh(t, `$PYLON devices create shell-1 --label kind=shell -o json`), &dev)
+	var tok struct{ Token string }
+	mustJSON(t, s.sh(t, `$PYLON tokens create --device `+dev.ID+` -o json`), &tok)
+	out := s.sh(t, `"$EXAMPLES/shell/enroll.sh" "$API" "$PYLON_CA" '`+tok.Token+`' dev1`)
+	if !strings.Contains(out, "enrolled device "+dev.ID) {
+		t.Fatalf("enroll.sh: got %q", out)
+	}
+	// The token was single use.
+	if _, err := s.shErr(`"$EXAMPLES/shell/enroll.sh" "$API" "$PYLON_CA" '` + tok.Token + `' dev2`); err == nil {
+		t.Fatal("a used enrollment token enrolled again")
+	}
+
+	pub := `mosquitto_pub --cafile dev1/ca.crt --cert dev1/device.crt --key dev1/device.key -h localhost -p $MQTT_PORT -i ` + dev.ID + ` -q 1 -V mqttv5 `
+	s.sh(t, pub+`-t devices/`+dev.ID+`/status -m hello`)
+
+	// Renewal with a new key over mutual TLS, then publish with the new certificate.
+	oldSerial := s.sh(t, `openssl x509 -in dev1/device.crt -noout -serial`)
+	out = s.sh(t, `"$EXAMPLES/shell/renew.sh" "$API" dev1`)
+	if !strings.Contains(out, "renewed") || s.sh(t, `openssl x509 -in dev1/device.crt -noout -serial`) == oldSerial {
+		t.Fatalf("renew.sh: got %q", out)
+	}
+	s.sh(t, pub+`-t devices/`+dev.ID+`/status -m renewed`)
+
+	// Suspended: the broker refuses the device.
+	s.sh(t, `$PYLON devices suspend `+dev.ID)
+	if out, err := s.shErr(pub + `-t devices/` + dev.ID + `/status -m nope`); err == nil {
+		t.Fatalf("mosquitto_pub succeeded for a suspended device: %s", out)
+	}
+	s.sh(t, `$PYLON devices resume `+dev.ID)
+	s.sh(t, pub+`-t devices/`+dev.ID+`/status -m back`)
+
+	// Revoke the certificate: refused again, and the CRL lists it.
+	serial := strings.TrimPrefix(strings.TrimSpace(s.sh(t, `openssl x509 -in dev1/device.crt -noout -serial`)), "serial=")
+	s.sh(t, `$PYLON certs revoke `+strings.ToLower(strings.TrimLeft(serial, "0")))
+	if _, err := s.shErr(pub + `-t devices/` + dev.ID + `/status -m revoked`); err == nil {
+		t.Fatal("mosquitto_pub succeeded with a revoked certificate")
+	}
+	crl := s.sh(t, `curl -sS --cacert "$PYLON_CA" "$API/api/v1/ca/crl" | openssl crl -inform DER -noout -text`)
+	if !strings.Contains(crl, strings.TrimLeft(serial, "0")) {
+		t.Fatalf("CRL does not list %s:\n%s", serial, crl)
+	}
+
+	// The audit chain holds and the CLI says so.
+	if out := s.sh(t, `$PYLON audit verify`); !strings.Contains(out, "OK") {
+		t.Fatalf("audit verify: %s", out)
+	}
+}
+
+func waitHealthy(t *testing.T, s *binServer) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if o, err := s.shErr(`curl -sS -o /dev/null -w '%{http_code}' --cacert "$PYLON_CA" "$API/healthz"`); err == nil && o == "200" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server not healthy:\n%s", s.stderr)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func mustJSON(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("decode %q: %v", s, err)
+	}
+}
+
+func TestBinary_FleetTokenAndRoles(t *testing.T) {
+	requireTools(t, "curl", "openssl", "base64")
+	data := filepath.Join(t.TempDir(), "d")
+	s := startBinary(t, data)
+	waitHealthy(t, s)
+
+	// A fleet token: each use creates a device named from the CSR's CN.
+	var tok struct{ Token, ID string }
+	mustJSON(t, s.sh(t, `$PYLON tokens create --label site=plant-7 --uses 2 --ttl 1h -o json`), &tok)
+	for _, serial := range []string{"SN-0001", "SN-0002"} {
+		out := s.sh(t, `"$EXAMPLES/shell/enroll.sh" "$API" "$PYLON_CA" '`+tok.Token+`' `+serial+` `+serial)
+		if !strings.Contains(out, "enrolled device") {
+			t.Fatalf("enroll %s: %s", serial, out)
+		}
+	}
+	if out, err := s.shErr(`"$EXAMPLES/shell/enroll.sh" "$API" "$PYLON_CA" '` + tok.Token + `' SN-0003 SN-0003`); err == nil {
+		t.Fatalf("a fleet token with 2 uses enrolled a third device: %s", out)
+	}
+	var list struct {
+		Devices []struct{ Name, State string }
+	}
+	mustJSON(t, s.sh(t, `$PYLON devices list --label site=plant-7 -o json`), &list)
+	if len(list.Devices) != 2 || list.Devices[0].State != "active" {
+		t.Fatalf("fleet devices: got %+v, want 2 active", list.Devices)
+	}
+	if out := s.sh(t, `$PYLON devices get SN-0002`); !strings.Contains(out, "active") {
+		t.Fatalf("get by name: %s", out)
+	}
+	s.sh(t, `$PYLON tokens revoke `+tok.ID)
+
+	// A viewer token reads but cannot change anything.
+	var viewer struct{ Token string }
+	mustJSON(t, s.sh(t, `$PYLON api-tokens create dashboard-reader --role viewer -o json`), &viewer)
+	s.sh(t, `PYLON_TOKEN='`+viewer.Token+`' $PYLON devices list`)
+	out, err := s.shErr(`PYLON_TOKEN='` + viewer.Token + `' $PYLON devices create nope`)
+	if err == nil || !strings.Contains(out, "forbidden") {
+		t.Fatalf("viewer created a device: %v %s", err, out)
+	}
+	if out, err := s.shErr(`PYLON_TOKEN='` + viewer.Token + `' $PYLON api-tokens list`); err == nil {
+		t.Fatalf("viewer listed API tokens: %s", out)
+	}
+	// Revoked: refused at once.
+	var list2 struct {
+		APITokens []struct{ ID, Name string } `json:"api_tokens"`
+	}
+	mustJSON(t, s.sh(t, `$PYLON api-tokens list -o json`), &list2)
+	for _, at := range list2.APITokens {
+		if at.Name == "dashboard-reader" {
+			s.sh(t, `$PYLON api-tokens revoke `+at.ID)
+		}
+	}
+	if out, err := s.shErr(`PYLON_TOKEN='` + viewer.Token + `' $PYLON devices list`); err == nil || !strings.Contains(out, "unauthorized") {
+		t.Fatalf("revoked token still works: %v %s", err, out)
+	}
+	// Every step is in the audit log, and the chain holds.
+	audit := s.sh(t, `$PYLON audit list --limit 1000`)
+	for _, action := range []string{"enrollment_token.create", "enrollment_token.use", "certificate.issue", "device.create", "enrollment_token.revoke", "api_token.create", "api_token.revoke", "auth.failed"} {
+		if !strings.Contains(audit, action) {
+			t.Errorf("audit log has no %s record", action)
+		}
+	}
+	if out := s.sh(t, `$PYLON audit verify`); !strings.Contains(out, "OK") {
+		t.Fatalf("audit verify: %s", out)
+	}
+}
