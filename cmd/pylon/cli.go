@@ -161,7 +161,7 @@ func orDash(s string) string {
 // verb splits "pylon devices list ..." into the verb and its arguments.
 func verb(args []string, verbs string) (string, []string, error) {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		return "", nil, usageErrorf("want one of: %s", verbs)
+		return "", nil, usageErrorf("want a verb, one of: %s (add -h after it for its flags)", verbs)
 	}
 	return args[0], args[1:], nil
 }

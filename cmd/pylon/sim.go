@@ -33,7 +33,7 @@ const (
 	simEnrollWorkers = 8
 )
 
-const simUsage = `usage: pylon sim --server URL --ca FILE --enroll-token T [--devices N] [--rate R] [--duration D]
+const simUsage = `usage: pylon sim [--server URL] [--ca FILE] --enroll-token T [--devices N] [--rate R] [--duration D]
                  [--mqtt-addr HOST:PORT] [--dir DIR] [--batch 0s] [--key p256|ed25519] [--heartbeat 60s] [-o table|json]
 
 Simulates a fleet with the Go device SDK: enrolls N devices with one fleet
@@ -45,7 +45,8 @@ for D. At the end it waits for the queues to drain (at most --drain) and
 prints what was sent, acknowledged, refused, failed and left queued.
 
 The enrollment token may also come from $PYLON_ENROLL_TOKEN, the server and
-CA from $PYLON_SERVER and $PYLON_CA.
+CA from $PYLON_SERVER and $PYLON_CA; next to a local server they default to
+https://localhost:8443 and ./pylon-data/ca.crt, as for the admin commands.
 
 Flags:
 `
@@ -76,8 +77,8 @@ type simSummary struct {
 // runSim implements `pylon sim`.
 func (e *cliEnv) runSim(ctx context.Context, args []string) error {
 	fs := e.flagSet("sim", simUsage)
-	server := fs.String("server", "", "server `URL` ($PYLON_SERVER)")
-	caFile := fs.String("ca", "", "CA certificate `file` the devices pin ($PYLON_CA)")
+	server := fs.String("server", "", "server `URL` ($PYLON_SERVER; default https://localhost:8443)")
+	caFile := fs.String("ca", "", "CA certificate `file` the devices pin ($PYLON_CA; default ./pylon-data/ca.crt)")
 	token := fs.String("enroll-token", "", "fleet enrollment `token` ($PYLON_ENROLL_TOKEN)")
 	n := fs.Int("devices", 10, "number of devices")
 	rate := fs.Float64("rate", 1, "messages per second per device")
@@ -95,20 +96,22 @@ func (e *cliEnv) runSim(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	pick := func(v *string, env string) {
+	pick := func(v *string, env, def string) {
 		if *v == "" {
 			*v = e.getenv(env)
 		}
+		if *v == "" {
+			*v = def
+		}
 	}
-	pick(server, "PYLON_SERVER")
-	pick(caFile, "PYLON_CA")
-	pick(token, "PYLON_ENROLL_TOKEN")
+	// The same defaults as the admin commands: next to a local server.
+	pick(server, "PYLON_SERVER", "https://localhost:8443")
+	pick(caFile, "PYLON_CA", filepath.Join(e.dataDir(), "ca.crt"))
+	pick(token, "PYLON_ENROLL_TOKEN", "")
 	var level slog.Level
 	switch {
 	case len(pos) > 0:
 		return usageErrorf("sim: unexpected argument %q", pos[0])
-	case *server == "" || *caFile == "":
-		return usageErrorf("sim: --server and --ca are required")
 	case *n < 1 || *n > maxSimDevices:
 		return usageErrorf("sim: --devices must be 1 to %d", maxSimDevices)
 	case !(*rate > 0 && *rate <= maxSimRate):
