@@ -151,7 +151,12 @@ func mustAbs(p string) string {
 	return a
 }
 
-func TestBinary_ServeHealthzWithin2s(t *testing.T) {
+// TestBinary_ServeFirstStart starts the binary on an empty data directory
+// and checks what a first start must give: healthz, the admin token printed
+// once and kept in its file, 401 without it and 200 with it, and a clean
+// exit on SIGTERM. How fast healthz answers is measured, not asserted here
+// (docs/benchmarks.md, "Start-up"): a loaded CI machine must not fail it.
+func TestBinary_ServeFirstStart(t *testing.T) {
 	requireTools(t, "curl")
 	data := filepath.Join(t.TempDir(), "d")
 	start := time.Now()
@@ -163,8 +168,8 @@ func TestBinary_ServeHealthzWithin2s(t *testing.T) {
 			out = o
 			break
 		}
-		if time.Since(start) > 2*time.Second {
-			t.Fatalf("healthz not 200 within 2s of start: %v %s\n%s", err, o, s.stderr)
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("healthz not 200 30s after start: %v %s\n%s", err, o, s.stderr)
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
