@@ -38,34 +38,52 @@ func TestDevices_PagesNeverLoadTheFleet(t *testing.T) {
 	}
 }
 
-// BenchmarkDevicesPage renders a page of the device list of a 10,000-device
-// fleet, at the start and deep into it.
+// BenchmarkDevicesPage renders pages of the device list of a fleet of
+// 10,000 and of 100,000 devices over in-memory SQLite, through the whole
+// handler (session, store query, template): the first page, a page deep
+// into the fleet (past 90% of it), a label filter (1% match), a name search
+// (100 match) and one that matches nothing (it scans every name), and the
+// fleet overview (whose device counts scan the fleet).
+//
+//	flock /tmp/bench.lock go test -run '^$' -bench DevicesPage -benchmem ./dashboard
 func BenchmarkDevicesPage(b *testing.B) {
-	e := MustNewEnv(b)
-	admin, _ := e.MustToken(pylon.RoleAdmin)
-	for i := range 10_000 {
-		e.MustDevice(fmt.Sprintf("dev-%05d", i), map[string]string{"rack": fmt.Sprint(i % 100)})
-	}
-	br := e.MustSignIn(admin)
-	var cursor string
-	for range 9 {
-		var err error
-		if _, cursor, err = e.Devices.FindDevices(context.Background(), pylon.DeviceFilter{Limit: 1000, Cursor: cursor}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	for _, path := range []string{"/devices", "/devices?cursor=" + url.QueryEscape(cursor), "/devices?label=rack%3D42", "/devices?q=dev-099", "/"} {
-		b.Run(path, func(b *testing.B) {
-			req := httptest.NewRequest("GET", path, nil)
-			for _, c := range br.Client.Jar.Cookies(mustURL(e.TS.URL)) {
-				req.AddCookie(c)
+	for _, size := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprintf("fleet=%d", size), func(b *testing.B) {
+			e := MustNewEnv(b)
+			admin, _ := e.MustToken(pylon.RoleAdmin)
+			for i := range size {
+				e.MustDevice(fmt.Sprintf("dev-%06d", i), map[string]string{"rack": fmt.Sprint(i % 100)})
 			}
-			for b.Loop() {
-				w := httptest.NewRecorder()
-				e.Server.ServeHTTP(w, req)
-				if w.Code != http.StatusOK {
-					b.Fatalf("got %d", w.Code)
+			br := e.MustSignIn(admin)
+			var cursor string
+			for range 9 {
+				var err error
+				if _, cursor, err = e.Devices.FindDevices(context.Background(), pylon.DeviceFilter{Limit: size / 10, Cursor: cursor}); err != nil {
+					b.Fatal(err)
 				}
+			}
+			pages := []struct{ name, path string }{
+				{"first", "/devices"},
+				{"deep", "/devices?cursor=" + url.QueryEscape(cursor)},
+				{"label", "/devices?label=rack%3D42"},
+				{"search", "/devices?q=dev-0099"},
+				{"search-nomatch", "/devices?q=nomatch"}, // scans every name
+				{"overview", "/"},
+			}
+			for _, pg := range pages {
+				b.Run(pg.name, func(b *testing.B) {
+					req := httptest.NewRequest("GET", pg.path, nil)
+					for _, c := range br.Client.Jar.Cookies(mustURL(e.TS.URL)) {
+						req.AddCookie(c)
+					}
+					for b.Loop() {
+						w := httptest.NewRecorder()
+						e.Server.ServeHTTP(w, req)
+						if w.Code != http.StatusOK {
+							b.Fatalf("got %d", w.Code)
+						}
+					}
+				})
 			}
 		})
 	}

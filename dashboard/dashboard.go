@@ -61,6 +61,12 @@ type Server struct {
 	MaxStreams   int
 	PingInterval time.Duration
 
+	// StatePollInterval is how often a device page's live stream reads
+	// the device's connection and lifecycle state, and sends what changed
+	// (DefaultStatePollInterval if 0). The page so follows a device
+	// coming online, going offline or being suspended from anywhere.
+	StatePollInterval time.Duration
+
 	// APIBase is the public URL of the server for the commands and links
 	// that pages show, such as "https://pylon.example:8443". Empty means the
 	// origin the browser used.

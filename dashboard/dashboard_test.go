@@ -358,6 +358,9 @@ func TestSecurityHeaders(t *testing.T) {
 // inlineRE finds inline script, inline style and event handler attributes.
 var inlineRE = regexp.MustCompile(`(?i)<script>|<script [^>]*>[^<]|<style|\sstyle=|\son[a-z]+=`)
 
+// secretRE matches the start of an API token or a session cookie value.
+var secretRE = regexp.MustCompile(regexp.QuoteMeta(pylon.APITokenPrefix) + `[a-z2-7]|` + regexp.QuoteMeta(pylon.SessionPrefix) + `[a-z2-7]`)
+
 func TestPages_NoInlineScriptOrStyle(t *testing.T) {
 	e := MustNewEnv(t)
 	admin, _ := e.MustToken(pylon.RoleAdmin)
@@ -370,9 +373,28 @@ func TestPages_NoInlineScriptOrStyle(t *testing.T) {
 	}
 	_, pages["created"] = b.Post("/tokens", url.Values{"csrf": {b.MustCSRF("/")}, "labels": {"site=lab"}, "uses": {"5"}})
 	_, pages["login"] = e.NewBrowser().Get("/login")
+	var session string
+	for _, c := range b.Client.Jar.Cookies(mustURL(e.TS.URL)) {
+		if c.Name == dashboard.SessionCookie {
+			session = c.Value
+		}
+	}
+	if session == "" {
+		t.Fatal("no session cookie")
+	}
 	for path, body := range pages {
 		if m := inlineRE.FindString(body); m != "" {
 			t.Errorf("%s: inline script or style: %q", path, m)
+		}
+		// No secret of the sign-in reaches a page: the API token and the
+		// session live in the HttpOnly cookie and the server only.
+		for what, secret := range map[string]string{"the API token": admin, "the session": session} {
+			if strings.Contains(body, secret) {
+				t.Errorf("%s: the page holds %s", path, what)
+			}
+		}
+		if m := secretRE.FindString(body); m != "" {
+			t.Errorf("%s: the page holds an API token or session id: %q", path, m)
 		}
 		if !strings.Contains(body, "<html") {
 			t.Errorf("%s: not a page", path)
@@ -506,8 +528,7 @@ func TestDevice_Page(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Enroll it with a fake issuer, so that it has a certificate.
-	secret, tokID, hash := pylon.NewSecret(pylon.EnrollmentTokenPrefix)
-	_ = secret
+	_, tokID, hash := pylon.NewSecret(pylon.EnrollmentTokenPrefix)
 	if err := e.EnrollTokens.CreateEnrollmentToken(ctx, &pylon.EnrollmentToken{ID: tokID, DeviceID: d.ID, Uses: 1, ExpiresAt: time.Now().Add(time.Hour), CreatedAt: time.Now()}, hash); err != nil {
 		t.Fatal(err)
 	}
@@ -521,6 +542,15 @@ func TestDevice_Page(t *testing.T) {
 	if err := e.Devices.RecordConnection(ctx, pylon.ConnectionEvent{DeviceID: d.ID, Online: true, At: time.Now(), RemoteAddr: "192.0.2.7:4000"}); err != nil {
 		t.Fatal(err)
 	}
+	// What the device did itself is part of its trail; another device's
+	// doings are not.
+	other := e.MustDevice("sensor-2", nil)
+	for _, who := range []string{d.ID, other.ID} {
+		dctx := pylon.NewContextWithPrincipal(ctx, pylon.Principal{Kind: pylon.PrincipalDevice, ID: who})
+		if err := e.Audit.AppendAudit(dctx, &pylon.AuditRecord{Action: pylon.ActionMQTTRefused, Object: "acl:" + who}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	resp, body := b.Get("/devices/" + d.ID)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("got %d, want 200", resp.StatusCode)
@@ -529,11 +559,20 @@ func TestDevice_Page(t *testing.T) {
 		`id="device-name">sensor-1<`, `>active<`, `id="conn-state"`, "online", "192.0.2.7:4000",
 		"site=lab", "&#34;fw&#34;: &#34;1.2.3&#34;", "0a1b2c", "ECDSA-P256", "in 30 days",
 		"device.create", "device.activate", `id="btn-suspend"`,
+		">certificate.issue<", ">certificate:0a1b2c<", ">acl:" + d.ID + "<",
+		`<dd id="device-cert"><span class="mono" title="0a1b2c">0a1b2c</span>`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("device page: missing %q", want)
 		}
 	}
+	if strings.Contains(body, "acl:"+other.ID) {
+		t.Error("device page: the trail shows what another device did")
+	}
+	if strings.Contains(body, `class="soon"`) {
+		t.Error("device page: a certificate valid for 30 days is shown as expiring soon")
+	}
+
 	// The chart needs uPlot, which build-assets.sh puts in static/vendor.
 	_, err = os.Stat("static/vendor/uPlot.iife.min.js")
 	if want, got := err == nil, strings.Contains(body, `<script src="/static/vendor/uPlot.iife.min.js?v=`) && strings.Contains(body, `id="conn-chart"`); got != want {
@@ -544,6 +583,11 @@ func TestDevice_Page(t *testing.T) {
 	}
 	if resp, _ := b.Get("/devices/NOT-AN-ID"); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("bad id: got %d, want 404", resp.StatusCode)
+	}
+
+	e.Advance(25 * 24 * time.Hour)
+	if _, body = e.MustSignIn(admin).Get("/devices/" + d.ID); !strings.Contains(body, `class="soon">in 5 days<`) {
+		t.Error("device page: a certificate valid for 5 more days is not shown as expiring soon")
 	}
 }
 
@@ -565,8 +609,8 @@ func TestDevice_Lifecycle(t *testing.T) {
 		{"resume", http.StatusConflict, pylon.DeviceActive, `id="btn-suspend"`},
 		{"suspend", http.StatusSeeOther, pylon.DeviceSuspended, `id="btn-resume"`},
 		{"resume", http.StatusSeeOther, pylon.DeviceActive, `id="btn-suspend"`},
-		{"decommission", http.StatusSeeOther, pylon.DeviceDecommissioned, `id="device-state">decommissioned<`},
-		{"resume", http.StatusConflict, pylon.DeviceDecommissioned, `id="device-state">decommissioned<`},
+		{"decommission", http.StatusSeeOther, pylon.DeviceDecommissioned, `id="device-state" data-rendered="decommissioned">decommissioned<`},
+		{"resume", http.StatusConflict, pylon.DeviceDecommissioned, `id="device-state" data-rendered="decommissioned">decommissioned<`},
 	}
 	for _, st := range steps {
 		resp, _ := b.Post("/devices/"+d.ID+"/"+st.action, url.Values{"csrf": {csrf}})
@@ -623,6 +667,7 @@ func TestTokens_CreateShowOnceRevoke(t *testing.T) {
 	host := strings.TrimPrefix(e.TS.URL, "https://")
 	for _, want := range []string{
 		"examples/shell/enroll.sh https://" + host + " ca.crt " + secret + " dev<",
+		">pylon sim --server https://" + host + " --ca ca.crt --enroll-token " + secret + " --devices 1 --duration 0<",
 		`-subj &#34;/CN=` + d.ID + `&#34;`,
 		"https://" + host + "/.well-known/est/simpleenroll",
 		`data-copy="new-token"`,
@@ -721,6 +766,9 @@ func TestTokens_CreateForm(t *testing.T) {
 			}
 			if !strings.Contains(body, " dev serial-0042<") {
 				t.Fatal("fleet token: the script command lacks a common name")
+			}
+			if want := fmt.Sprintf(" --devices %d --duration 0<", min(tt.uses, 10)); !strings.Contains(body, want) {
+				t.Fatalf("fleet token: the sim command lacks %q", want)
 			}
 		})
 	}
@@ -1048,5 +1096,88 @@ func TestAudit_PagingSparseLogs(t *testing.T) {
 				t.Fatalf("got %d pages, want %d", pages, want)
 			}
 		})
+	}
+}
+
+// TestActions_EveryPostNeedsCSRFAndRole posts to every state-changing route
+// of the dashboard without a CSRF token, and as a viewer with one: each is
+// refused, and nothing changes.
+func TestActions_EveryPostNeedsCSRFAndRole(t *testing.T) {
+	e := MustNewEnv(t)
+	ctx := context.Background()
+	admin, _ := e.MustToken(pylon.RoleAdmin)
+	viewerSecret, _ := e.MustToken(pylon.RoleViewer)
+	active := e.MustDevice("active-1", nil)
+	suspended := e.MustDevice("suspended-1", nil)
+	for _, step := range []struct {
+		d  *pylon.Device
+		to []pylon.DeviceState
+	}{{active, []pylon.DeviceState{pylon.DeviceActive}}, {suspended, []pylon.DeviceState{pylon.DeviceActive, pylon.DeviceSuspended}}} {
+		for _, st := range step.to {
+			if _, err := e.Devices.TransitionDevice(ctx, step.d.ID, st); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, tokID, hash := pylon.NewSecret(pylon.EnrollmentTokenPrefix)
+	if err := e.EnrollTokens.CreateEnrollmentToken(ctx, &pylon.EnrollmentToken{ID: tokID, DeviceID: active.ID, Uses: 1, ExpiresAt: e.Now().Add(time.Hour), CreatedAt: e.Now()}, hash); err != nil {
+		t.Fatal(err)
+	}
+	state := func() string {
+		a, _ := e.Devices.FindDeviceByID(ctx, active.ID)
+		s, _ := e.Devices.FindDeviceByID(ctx, suspended.ID)
+		toks, _ := e.EnrollTokens.FindEnrollmentTokens(ctx, false)
+		revoked := 0
+		for _, tok := range toks {
+			if tok.RevokedAt != nil {
+				revoked++
+			}
+		}
+		return fmt.Sprintf("%s %s tokens=%d revoked=%d", a.State, s.State, len(toks), revoked)
+	}
+	before := state()
+
+	routes := []struct {
+		path     string
+		form     url.Values
+		operates bool // needs more than read access
+	}{
+		{"/logout", nil, false},
+		{"/devices/" + active.ID + "/suspend", nil, true},
+		{"/devices/" + suspended.ID + "/resume", nil, true},
+		{"/devices/" + active.ID + "/decommission", nil, true},
+		{"/tokens", url.Values{"device_id": {active.ID}}, true},
+		{"/tokens", url.Values{"labels": {"site=lab"}, "uses": {"5"}}, true},
+		{"/tokens/" + tokID + "/revoke", nil, true},
+	}
+	a, v := e.MustSignIn(admin), e.MustSignIn(viewerSecret)
+	viewerCSRF := v.MustCSRF("/")
+	for _, rt := range routes {
+		t.Run(rt.path, func(t *testing.T) {
+			form := url.Values{}
+			for k, vals := range rt.form {
+				form[k] = vals
+			}
+			if resp, body := a.Post(rt.path, form); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "CSRF") {
+				t.Errorf("without a CSRF token: got %d, want 403 naming the CSRF token", resp.StatusCode)
+			}
+			form.Set("csrf", viewerCSRF)
+			if resp, body := a.Post(rt.path, form); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "CSRF") {
+				t.Errorf("with another session's CSRF token: got %d, want 403", resp.StatusCode)
+			}
+			if !rt.operates {
+				return
+			}
+			if resp, _ := v.Post(rt.path, form); resp.StatusCode != http.StatusForbidden {
+				t.Errorf("as a viewer with its CSRF token: got %d, want 403", resp.StatusCode)
+			}
+		})
+	}
+	if got := state(); got != before {
+		t.Fatalf("refused posts changed the state: got %q, want %q", got, before)
+	}
+	// The admin's session still works: /logout was refused too.
+	if resp, _ := a.Get("/devices"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("admin session after the refused sign-out: got %d, want 200", resp.StatusCode)
 	}
 }

@@ -1,8 +1,11 @@
 package dashboard
 
 import (
+	"cmp"
+	"context"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -141,6 +144,7 @@ type deviceData struct {
 	Certificates []*pylon.Certificate
 	Audit        []*pylon.AuditRecord
 	Chart        *connChart
+	Current      *pylon.Certificate // the newest usable certificate, if any
 	Telemetry    *telemetryData
 	CanSuspend   bool
 	CanResume    bool
@@ -163,9 +167,15 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request, u *user) {
 		s.fail(w, r, err)
 		return
 	}
-	if d.Audit, err = s.Audit.FindAuditRecords(ctx, pylon.AuditFilter{Object: "device:" + id, Desc: true, Limit: deviceAuditShown}); err != nil {
+	if d.Audit, err = s.deviceAudit(ctx, id, d.Certificates); err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	for _, c := range d.Certificates { // newest first
+		if c.Usable(s.now()) {
+			d.Current = c
+			break
+		}
 	}
 	d.Metadata = prettyJSON(d.Device.Metadata)
 	d.Chart = s.connectionChart(d.Device, d.Connections)
@@ -175,6 +185,37 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request, u *user) {
 	v.Live = d.Telemetry.Enabled
 	v.Notice = transitionNotice[r.URL.Query().Get("done")]
 	s.render(w, r, http.StatusOK, "device", v)
+}
+
+// deviceAudit returns the newest deviceAuditShown audit records about the
+// device: those whose object is the device or one of certs, and those the
+// device did itself (renewals, refused connections). It costs one indexed
+// query each.
+func (s *Server) deviceAudit(ctx context.Context, id string, certs []*pylon.Certificate) ([]*pylon.AuditRecord, error) {
+	filters := []pylon.AuditFilter{{Object: "device:" + id}, {Actor: pylon.Principal{Kind: pylon.PrincipalDevice, ID: id}.Actor()}}
+	for _, c := range certs {
+		filters = append(filters, pylon.AuditFilter{Object: "certificate:" + c.Serial})
+	}
+	seen := map[int64]bool{}
+	var recs []*pylon.AuditRecord
+	for _, f := range filters {
+		f.Desc, f.Limit = true, deviceAuditShown
+		found, err := s.Audit.FindAuditRecords(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range found {
+			if !seen[rec.Seq] {
+				seen[rec.Seq] = true
+				recs = append(recs, rec)
+			}
+		}
+	}
+	slices.SortFunc(recs, func(a, b *pylon.AuditRecord) int { return cmp.Compare(b.Seq, a.Seq) })
+	if len(recs) > deviceAuditShown {
+		recs = recs[:deviceAuditShown]
+	}
+	return recs, nil
 }
 
 var transitionNotice = map[string]string{

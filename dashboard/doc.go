@@ -35,15 +35,20 @@
 // MaxCharts, then a selector) over a picked range (15 min to 7 days), and
 // the messages the platform refused. A chart's history comes from
 // GET /devices/{id}/readings.json?name=&range=: raw readings up to
-// MaxRawPoints, averages of time buckets beyond. Live updates come from
+// MaxRawPoints, averages of time buckets beyond, gzip-compressed when large
+// (a history holds no secret, so compression leaks none). Live updates come from
 // GET /devices/{id}/events, Server-Sent Events authenticated by the session
 // cookie, same-origin only, at most MaxStreamsPerSession per session and
 // MaxStreams in all; a stream is pinged, re-checks its session at each
 // ping, and ends with the session, the client, Close or the HTTP server's
-// Shutdown. The fleet page shows messages and refused messages per second,
-// counted in memory from one fleet subscription that starts with the first
-// request and lasts until Close (GET /stats.json refreshes them), and the
-// newest refused messages.
+// Shutdown. Besides readings and refused messages, a stream carries the
+// device's connection and lifecycle state, polled from the store every
+// StatePollInterval, so that the page shows a device come online, go
+// offline or be suspended without a reload. The fleet page shows messages
+// and refused messages per second, counted in memory from one fleet
+// subscription that starts with the first request and lasts until Close,
+// and the newest refused messages; GET /stats.json refreshes the rates and
+// the online and offline counts.
 //
 // Everything a device chose (names, units, string values, refusal reasons)
 // reaches the page through html/template or, live, as JSON that

@@ -1,11 +1,14 @@
 package dashboard
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +22,10 @@ const (
 	DefaultPingInterval  = 15 * time.Second // a ": ping" comment keeps idle streams open through proxies
 	StreamWriteTimeout   = 30 * time.Second // a client that takes longer to take one write is dropped
 	streamRetry          = 5 * time.Second  // the browser's reconnection delay, sent as "retry:"
+
+	// DefaultStatePollInterval is how often a stream reads its device's
+	// connection and lifecycle state from the store, to send the changes.
+	DefaultStatePollInterval = time.Second
 )
 
 // streamSet counts the open event streams, overall and per session, and
@@ -135,6 +142,46 @@ func (s *Server) failJSON(w http.ResponseWriter, r *http.Request, err error) {
 	writeJSON(w, status, apiError{Error: pylon.ErrorMessage(err)})
 }
 
+// minGzipBytes is the smallest JSON answer that writeJSONGzip compresses.
+const minGzipBytes = 8 << 10
+
+// writeJSONGzip answers v as JSON with status, gzip-compressed when it is
+// large and the client accepts gzip. Only answers without secrets go
+// through it (chart histories): compressing a secret next to text an
+// attacker chose would leak it through the size (BREACH).
+func writeJSONGzip(w http.ResponseWriter, r *http.Request, status int, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, `{"error":"internal error"}`, http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	h.Add("Vary", "Accept-Encoding")
+	if len(data) < minGzipBytes || !acceptsGzip(r) {
+		writeJSONBytes(w, status, data)
+		return
+	}
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed) // a valid level
+	zw.Write(data)
+	zw.Close()
+	h.Set("Content-Encoding", "gzip")
+	writeJSONBytes(w, status, buf.Bytes())
+}
+
+// acceptsGzip reports whether the request's Accept-Encoding allows gzip.
+func acceptsGzip(r *http.Request) bool {
+	for _, field := range r.Header.Values("Accept-Encoding") {
+		for part := range strings.SplitSeq(field, ",") {
+			coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			if strings.EqualFold(strings.TrimSpace(coding), "gzip") && strings.ReplaceAll(strings.TrimSpace(params), " ", "") != "q=0" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // writeJSON answers v as JSON with status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	data, err := json.Marshal(v)
@@ -142,6 +189,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		http.Error(w, `{"error":"internal error"}`, http.StatusInternalServerError)
 		return
 	}
+	writeJSONBytes(w, status, data)
+}
+
+func writeJSONBytes(w http.ResponseWriter, status int, data []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
@@ -215,11 +266,15 @@ func newLiveReading(rd *pylon.Reading) liveReading {
 // handleDeviceEvents streams the live events of one device as Server-Sent
 // Events: "event: TYPE" (readings, connection, rejected, state) and
 // "data: JSON" (a liveEvent) per event, and a ": ping" comment every
-// PingInterval, at which the session is checked again. It ends when the
-// client goes away, the session ends, the EventService closes the
-// subscription, a write stalls for StreamWriteTimeout, or the server shuts
-// down. This follows httpapi's event streams, with the session for
-// authentication.
+// PingInterval, at which the session is checked again. It starts with a
+// "connection" and a "state" event of the device as it is, and sends them
+// again whenever a poll of the store every StatePollInterval finds them
+// changed: the broker records connections in the store, and lifecycle
+// changes come from the API and the CLI as well as from here. It ends when
+// the client goes away, the session ends, the device is deleted, the
+// EventService closes the subscription, a write stalls for
+// StreamWriteTimeout, or the server shuts down. This follows httpapi's
+// event streams, with the session for authentication.
 func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request, u *user) {
 	if s.Events == nil {
 		s.failJSON(w, r, errTelemetryOff)
@@ -230,7 +285,8 @@ func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request, u *u
 		s.failJSON(w, r, pylon.Errorf(pylon.ENOTFOUND, "there is no such device"))
 		return
 	}
-	if _, err := s.Devices.FindDeviceByID(r.Context(), id); err != nil {
+	dev, err := s.Devices.FindDeviceByID(r.Context(), id)
+	if err != nil {
 		s.failJSON(w, r, err)
 		return
 	}
@@ -268,11 +324,19 @@ func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request, u *u
 	if !write([]byte("retry: " + strconv.Itoa(int(streamRetry/time.Millisecond)) + "\n: connected\n\n")) {
 		return
 	}
+	// The device's state as of now, for a page rendered a moment ago;
+	// then its changes, polled.
+	polled := deviceStatus{online: dev.Online, state: dev.State}
+	if !write(polled.events(nil, s.now(), deviceStatus{})) {
+		return
+	}
 	s.log.Debug("dashboard event stream opened", "device", id, "token_id", u.TokenID)
 	defer s.log.Debug("dashboard event stream closed", "device", id, "token_id", u.TokenID)
 
 	ping := time.NewTicker(s.pingInterval())
 	defer ping.Stop()
+	poll := time.NewTicker(s.statePollInterval())
+	defer poll.Stop()
 	var (
 		dropped int64
 		buf     []byte
@@ -289,6 +353,23 @@ func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request, u *u
 				return
 			}
 			msg = []byte(": ping\n\n")
+		case <-poll.C:
+			d, err := s.Devices.FindDeviceByID(ctx, id)
+			if pylon.ErrorCode(err) == pylon.ENOTFOUND {
+				return // deleted
+			} else if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("poll device state", "device", id, "err", err)
+				}
+				continue
+			}
+			cur := deviceStatus{online: d.Online, state: d.State}
+			if cur == polled {
+				continue
+			}
+			buf = cur.events(buf[:0], s.now(), polled)
+			polled = cur
+			msg = buf
 		case ev, ok := <-sub.C():
 			if !ok {
 				return
@@ -324,6 +405,48 @@ func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request, u *u
 			return
 		}
 	}
+}
+
+func (s *Server) statePollInterval() time.Duration {
+	if s.StatePollInterval > 0 {
+		return s.StatePollInterval
+	}
+	return DefaultStatePollInterval
+}
+
+// deviceStatus is what a device stream polls: the connection and the
+// lifecycle state.
+type deviceStatus struct {
+	online bool
+	state  pylon.DeviceState
+}
+
+// events appends to buf the "connection" and "state" events of st that
+// differ from prev (all of them when prev is the zero value), at time at.
+func (st deviceStatus) events(buf []byte, at time.Time, prev deviceStatus) []byte {
+	base := liveEvent{Time: unixSeconds(at), TimeText: absTime(at)}
+	if prev.state == "" || st.online != prev.online {
+		le := base
+		le.Online = &st.online
+		buf = appendEvent(buf, pylon.EventConnection, le)
+	}
+	if prev.state == "" || st.state != prev.state {
+		le := base
+		le.State = string(st.state)
+		buf = appendEvent(buf, pylon.EventState, le)
+	}
+	return buf
+}
+
+// appendEvent appends one Server-Sent Event to buf. typ is one of ours;
+// json.Marshal never writes a newline, and a liveEvent always encodes.
+func appendEvent(buf []byte, typ string, le liveEvent) []byte {
+	data, _ := json.Marshal(le)
+	buf = append(buf, "event: "...)
+	buf = append(buf, typ...)
+	buf = append(buf, "\ndata: "...)
+	buf = append(buf, data...)
+	return append(buf, "\n\n"...)
 }
 
 func (s *Server) pingInterval() time.Duration {

@@ -53,6 +53,12 @@ func TestDeviceEvents_StreamsTheDevice(t *testing.T) {
 	if got := hub.Subscribers(d.ID); got != 1 {
 		t.Fatalf("got %d subscriptions of the device, want 1", got)
 	}
+	// The device as it is now, for the page.
+	for _, want := range []string{`"online":false`, `"state":"registered"`} {
+		if ev := s.NextEvent(); !strings.Contains(ev.Data, want) {
+			t.Fatalf("got first event %s %s, want %s", ev.Event, ev.Data, want)
+		}
+	}
 
 	at := time.Unix(1_700_000_000, 250_000_000)
 	// The hub is broken (Unfiltered): the other device's events reach the
@@ -183,7 +189,7 @@ func TestDeviceEvents_PingsAndEndsWithTheSession(t *testing.T) {
 	d := e.MustDevice("sensor-1", nil)
 	s := b.OpenStream("/devices/" + d.ID + "/events")
 	pinged := false
-	for range 3 {
+	for range 5 {
 		ev, ok := s.Next()
 		if !ok {
 			t.Fatal("the stream ended early")
@@ -218,5 +224,64 @@ func TestDeviceEvents_EndWithHTTPServerShutdown(t *testing.T) {
 	}
 	if !s.Ends() {
 		t.Fatal("the stream is still open after Shutdown")
+	}
+}
+
+func TestDeviceEvents_FollowTheStoredState(t *testing.T) {
+	e := MustNewEnv(t, func(e *Env) { e.Server.Events, e.Server.StatePollInterval = &Hub{}, 10*time.Millisecond })
+	viewer, _ := e.MustToken(pylon.RoleViewer)
+	b := e.MustSignIn(viewer)
+	d := e.MustDevice("sensor-1", nil)
+	ctx := context.Background()
+	s := b.OpenStream("/devices/" + d.ID + "/events")
+	next := func() liveEvent {
+		t.Helper()
+		var le liveEvent
+		ev := s.NextEvent()
+		if err := json.Unmarshal([]byte(ev.Data), &le); err != nil {
+			t.Fatalf("event %s: %v", ev.Event, err)
+		}
+		return le
+	}
+	if le := next(); le.Online == nil || *le.Online {
+		t.Fatalf("got first event %+v, want offline", le)
+	}
+	if le := next(); le.State != "registered" {
+		t.Fatalf("got second event %+v, want state registered", le)
+	}
+
+	// Nothing the page does not know yet: the broker records a connection,
+	// the API activates and suspends the device.
+	if _, err := e.Devices.TransitionDevice(ctx, d.ID, pylon.DeviceActive); err != nil {
+		t.Fatal(err)
+	}
+	if le := next(); le.State != "active" {
+		t.Fatalf("after activation: got %+v, want state active", le)
+	}
+	if err := e.Devices.RecordConnection(ctx, pylon.ConnectionEvent{DeviceID: d.ID, Online: true, At: e.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if le := next(); le.Online == nil || !*le.Online {
+		t.Fatalf("after connecting: got %+v, want online", le)
+	}
+	if _, err := e.Devices.TransitionDevice(ctx, d.ID, pylon.DeviceSuspended); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Devices.RecordConnection(ctx, pylon.ConnectionEvent{DeviceID: d.ID, Online: false, At: e.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var offline, suspended bool
+	for !offline || !suspended {
+		le := next()
+		offline = offline || le.Online != nil && !*le.Online
+		suspended = suspended || le.State == "suspended"
+	}
+
+	// A deleted device ends its streams.
+	if err := e.Devices.DeleteDevice(ctx, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Ends() {
+		t.Fatal("the stream goes on after its device was deleted")
 	}
 }

@@ -16,6 +16,7 @@ var (
 	FormatNumber = formatNumber
 	FormatRate   = formatRate
 	ReadingText  = readingText
+	DetailsText  = detailsText
 )
 
 // SessionStore exposes the session store to the tests.

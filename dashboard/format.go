@@ -18,15 +18,19 @@ import (
 // HTML: html/template escapes everything they produce.
 func (s *Server) funcs() template.FuncMap {
 	return template.FuncMap{
-		"asset":      s.assetURL,
-		"ago":        func(t time.Time) string { return relTime(t, s.now()) },
-		"agoPtr":     func(t *time.Time) string { return relTimePtr(t, s.now()) },
-		"abs":        absTime,
-		"absPtr":     absTimePtr,
-		"iso":        func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-		"expiry":     func(t time.Time) string { return expiryText(t, s.now()) },
-		"expired":    func(t time.Time) bool { return !s.now().Before(t) },
+		"asset":   s.assetURL,
+		"ago":     func(t time.Time) string { return relTime(t, s.now()) },
+		"agoPtr":  func(t *time.Time) string { return relTimePtr(t, s.now()) },
+		"abs":     absTime,
+		"absPtr":  absTimePtr,
+		"iso":     func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+		"expiry":  func(t time.Time) string { return expiryText(t, s.now()) },
+		"expired": func(t time.Time) bool { return !s.now().Before(t) },
+		"expiresSoon": func(t time.Time) bool {
+			return s.now().Before(t) && t.Sub(s.now()) < certSoon
+		},
 		"json":       prettyJSON,
+		"details":    detailsText,
 		"short":      func(s string, n int) string { return shorten(s, n) },
 		"objectLink": objectLink,
 		"deviceLink": deviceLink,
@@ -34,6 +38,11 @@ func (s *Server) funcs() template.FuncMap {
 		"unit":       unitText,
 	}
 }
+
+// certSoon is how close to its expiry a certificate is shown as expiring
+// soon. Devices renew at about two thirds of the lifetime (30 days by
+// default), so a certificate this close to its end has missed renewals.
+const certSoon = 7 * 24 * time.Hour
 
 // absTime formats t in UTC to the second.
 func absTime(t time.Time) string {
@@ -121,6 +130,29 @@ func prettyJSON(raw json.RawMessage) string {
 		return string(raw)
 	}
 	return buf.String()
+}
+
+// detailsText returns audit details as compact JSON for people: with
+// "<", ">" and "&" as themselves rather than the \u003c escapes that
+// encoding/json writes (the template escapes the text for HTML anyway).
+// Details that are not JSON are returned as they are.
+func detailsText(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return string(raw)
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return string(raw)
+	}
+	return strings.TrimSuffix(buf.String(), "\n")
 }
 
 // shorten cuts s to n bytes (on a rune boundary) with an ellipsis.

@@ -134,3 +134,20 @@ func TestFormatRate(t *testing.T) {
 		}
 	}
 }
+
+func TestDetailsText(t *testing.T) {
+	tests := []struct {
+		name, raw, want string
+	}{
+		{"empty", "", ""},
+		{"escapes undone", `{"name":"\u003cscript\u003e\u0026","n":12345678901234567890}`, `{"n":12345678901234567890,"name":"<script>&"}`},
+		{"not json", `{"a":`, `{"a":`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := dashboard.DetailsText([]byte(tt.raw)); got != tt.want {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -103,12 +103,26 @@ func (s *Server) startFleetMeter(ctx context.Context) {
 	}()
 }
 
-// handleStatsJSON answers the fleet's message rates, for the overview's
-// script to refresh them.
+// fleetStats is the body of GET /stats.json: the fleet's message rates
+// and its device counts.
+type fleetStats struct {
+	fleetRates
+	Devices int `json:"devices"`
+	Online  int `json:"online"`
+	Offline int `json:"offline"`
+}
+
+// handleStatsJSON answers the fleet's message rates and device counts, for
+// the overview's script to refresh them.
 func (s *Server) handleStatsJSON(w http.ResponseWriter, r *http.Request, u *user) {
 	if s.Events == nil {
 		s.failJSON(w, r, errTelemetryOff)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.meter.rates(s.now()))
+	st, err := s.Devices.DeviceStats(r.Context())
+	if err != nil {
+		s.failJSON(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, fleetStats{fleetRates: s.meter.rates(s.now()), Devices: st.Total, Online: st.Online, Offline: st.Total - st.Online})
 }

@@ -279,7 +279,7 @@ func (s *Server) handleReadingsJSON(w http.ResponseWriter, r *http.Request, u *u
 		return
 	}
 	ser.Range = cr.Key
-	writeJSON(w, http.StatusOK, ser)
+	writeJSONGzip(w, r, http.StatusOK, ser)
 }
 
 // validName returns EINVALID unless name is a possible SenML name:

@@ -1,8 +1,10 @@
 package dashboard_test
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
+	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -376,6 +378,9 @@ func TestOverview_Telemetry(t *testing.T) {
 		MessagesText  string  `json:"messages_text"`
 		RejectedText  string  `json:"rejected_text"`
 		Window        int     `json:"window_seconds"`
+		Devices       int     `json:"devices"`
+		Online        int     `json:"online"`
+		Offline       int     `json:"offline"`
 	}
 	var got stats
 	waitFor(t, "the meter to count the events", func() bool {
@@ -406,6 +411,16 @@ func TestOverview_Telemetry(t *testing.T) {
 	}
 	if got := strings.Join(st.errCall, ","); got != "" {
 		t.Errorf("got FindQuarantine for %q, want the whole fleet (\"\")", got)
+	}
+	if got.Devices != 1 || got.Online != 0 || got.Offline != 1 {
+		t.Errorf("got %d devices, %d online, %d offline, want 1, 0, 1", got.Devices, got.Online, got.Offline)
+	}
+	if err := e.Devices.RecordConnection(t.Context(), pylon.ConnectionEvent{DeviceID: dev.ID, Online: true, At: e.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	_, body = b.Get("/stats.json")
+	if got = decodeJSON[stats](t, body); got.Devices != 1 || got.Online != 1 || got.Offline != 0 {
+		t.Errorf("after a connection: got %d devices, %d online, %d offline, want 1, 1, 0", got.Devices, got.Online, got.Offline)
 	}
 	e.Advance(2 * time.Minute)
 	_, body = b.Get("/stats.json")
@@ -529,6 +544,57 @@ func TestReadingsJSON_SQLite(t *testing.T) {
 			s := decodeJSON[series](t, body)
 			if s.Mode != tt.mode || len(s.T) != tt.points {
 				t.Fatalf("got mode %s with %d points, want %s with %d", s.Mode, len(s.T), tt.mode, tt.points)
+			}
+		})
+	}
+}
+
+func TestReadingsJSON_Gzip(t *testing.T) {
+	st := &readingsStore{n: 5000}
+	e := MustNewEnv(t, func(e *Env) { e.Server.Telemetry = st.service() })
+	st.end = e.Now()
+	admin, _ := e.MustToken(pylon.RoleAdmin)
+	b := e.MustSignIn(admin)
+	d := e.MustDevice("sensor-1", nil)
+	get := func(path, accept string) (*http.Response, string) {
+		req, _ := http.NewRequest("GET", e.TS.URL+path, nil)
+		req.Header.Set("Accept-Encoding", accept) // set by hand: the client does not decompress
+		return b.Do(req)
+	}
+	path := "/devices/" + d.ID + "/readings.json?name=temp&range=6h"
+	_, plain := get(path, "identity")
+	tests := []struct {
+		name, path, accept string
+		gzip               bool
+	}{
+		{"large, gzip accepted", path, "gzip, deflate, br", true},
+		{"large, gzip with a weight", path, "br;q=1.0, gzip;q=0.8", true},
+		{"large, gzip refused", path, "gzip;q=0, br", false},
+		{"large, identity", path, "identity", false},
+		{"an error answer", "/devices/" + d.ID + "/readings.json?name=temp&range=2y", "gzip", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := get(tt.path, tt.accept)
+			if got := resp.Header.Get("Content-Encoding") == "gzip"; got != tt.gzip {
+				t.Fatalf("got Content-Encoding %q, want gzip %v", resp.Header.Get("Content-Encoding"), tt.gzip)
+			}
+			if !tt.gzip {
+				return
+			}
+			if !strings.Contains(resp.Header.Get("Vary"), "Accept-Encoding") {
+				t.Errorf("got Vary %q, want Accept-Encoding", resp.Header.Get("Vary"))
+			}
+			zr, err := gzip.NewReader(strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(zr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != plain || len(body) >= len(plain)/2 {
+				t.Fatalf("got %d bytes decompressing to %d, want the %d bytes of the plain answer, at most half compressed", len(body), len(got), len(plain))
 			}
 		})
 	}

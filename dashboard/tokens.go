@@ -163,6 +163,7 @@ type createdData struct {
 	Token    *pylon.EnrollmentToken
 	Secret   string
 	Device   *pylon.Device // for a device token
+	Sim      string        // pylon sim: simulated devices that enroll with the token and publish
 	Script   string        // examples/shell/enroll.sh command
 	Commands string        // the same with openssl and curl
 	CAURL    string
@@ -208,7 +209,10 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request, u *us
 		cn = dev.ID
 	}
 	script, commands := enrollCommands(server, secret, cn, dev == nil)
-	d := createdData{Token: t, Secret: secret, Device: dev, Script: script, Commands: commands, CAURL: server + "/api/v1/ca/cert"}
+	d := createdData{
+		Token: t, Secret: secret, Device: dev, Sim: simCommand(server, secret, min(t.Uses, maxSimShown)),
+		Script: script, Commands: commands, CAURL: server + "/api/v1/ca/cert",
+	}
 	s.render(w, r, http.StatusCreated, "token_created", s.newView(u, "tokens", "Enrollment token created", d))
 }
 
@@ -230,6 +234,17 @@ func enrollCommands(server, token, cn string, fleet bool) (script, commands stri
 		`  | base64 -d | openssl pkcs7 -inform DER -print_certs | openssl x509 -out device.crt`,
 	}, "\n")
 	return script, commands
+}
+
+// maxSimShown is the most simulated devices the command on the created
+// page starts, whatever the token's uses.
+const maxSimShown = 10
+
+// simCommand returns the pylon sim command that enrolls n simulated devices
+// with token and has them publish readings until interrupted.
+func simCommand(server, token string, n int) string {
+	return "pylon sim --server " + server + " --ca ca.crt --enroll-token " + token +
+		" --devices " + strconv.Itoa(n) + " --duration 0"
 }
 
 // handleRevokeToken revokes an enrollment token.

@@ -3,8 +3,9 @@
 // On the device page it draws one uPlot chart per numeric reading: history
 // from readings.json (data-readings-url), then live points from the page's
 // event stream (data-events-url, Server-Sent Events), and it keeps the
-// latest values, the refused messages and the connection state current. On
-// the fleet page it refreshes the message rates. Everything a device chose
+// latest values, the refused messages, the connection and lifecycle state
+// current. On the fleet page it refreshes the device counts and the message
+// rates every 5 seconds. Everything a device chose
 // (names, string values, reasons) is set as text, never as HTML.
 "use strict";
 
@@ -142,6 +143,7 @@
         })
         .then(function (s) {
           if (gen !== generation) { return; }
+          c.el.dataset.fetchMs = String(Math.round(performance.now() - started));
           skew = s.to - Date.now() / 1000;
           c.xs = s.t;
           c.ys = s.v;
@@ -212,8 +214,19 @@
       }
     }
 
+    // options returns the chart's uPlot options. Its hooks time each draw
+    // of the canvas into data-draw-ms (the last) and data-draws (how many),
+    // which the benchmarks read.
     function options(c, i) {
+      var drawStart = 0;
       return {
+        hooks: {
+          drawClear: [function () { drawStart = performance.now(); }],
+          draw: [function () {
+            c.el.dataset.drawMs = (performance.now() - drawStart).toFixed(1);
+            c.el.dataset.draws = String((Number(c.el.dataset.draws) || 0) + 1);
+          }]
+        },
         width: c.plotEl.clientWidth || 600,
         height: 200,
         legend: { show: true },
@@ -345,6 +358,12 @@
       if (!el || !/^[a-z]{1,32}$/.test(ev.state || "")) { return; }
       el.textContent = ev.state;
       el.className = "state state-" + ev.state;
+      // The buttons were made for the state the page was rendered in.
+      var changed = ev.state !== el.dataset.rendered;
+      var actions = document.getElementById("device-actions");
+      if (actions) { actions.hidden = changed; }
+      var note = document.getElementById("state-changed");
+      if (note) { note.hidden = !changed; }
     }
 
     function setStatus(text, cls) {
@@ -424,7 +443,8 @@
     });
   }
 
-  // fleetRates refreshes the rate cards of the fleet page.
+  // fleetRates refreshes the device counts and rate cards of the fleet
+  // page.
   function fleetRates(el) {
     var url = el.dataset.statsUrl;
     function set(id, text) {
@@ -437,6 +457,9 @@
         .then(function (resp) { return resp.ok ? resp.json() : null; })
         .then(function (s) {
           if (!s) { return; }
+          set("stat-total", String(s.devices));
+          set("stat-online", String(s.online));
+          set("stat-offline", String(s.offline));
           set("stat-msg-rate", s.messages_text);
           set("stat-rej-rate", s.rejected_text);
           var w = document.querySelector("#stat-msg-rate .window");
