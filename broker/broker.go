@@ -66,6 +66,10 @@ type Options struct {
 	// before it is acknowledged (see telemetryHook). nil: the telemetry topic
 	// is a topic like any other in the device's namespace.
 	Ingest Ingester
+
+	// Events, if set, receives a connection event (pylon.EventConnection)
+	// each time a device comes online or goes offline, for live views.
+	Events pylon.EventService
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start it;

@@ -183,6 +183,9 @@ func (b *Broker) recordConnection(deviceID string, online bool, remote, reason s
 	if err := b.opts.Devices.RecordConnection(ctx, ev); err != nil {
 		b.log.Error("record device connection", "device", deviceID, "online", online, "err", err)
 	}
+	if b.opts.Events != nil {
+		b.opts.Events.PublishEvent(pylon.Event{Type: pylon.EventConnection, DeviceID: deviceID, Time: ev.At, Online: &online, Reason: reason})
+	}
 }
 
 // session is a device's connection state. Entries are kept for the life of
