@@ -28,6 +28,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/pylonhq/pylon"
 	main "github.com/pylonhq/pylon/cmd/pylon"
 	"github.com/pylonhq/pylon/est"
 )
@@ -482,3 +483,55 @@ func selfSignedClientCert(t *testing.T, cn string) tls.Certificate {
 
 var _ = fmt.Sprintf
 var _ = base64.StdEncoding
+
+// TestServe_LiveEvents checks that the live feed (SSE, dashboard) hears of
+// enrollment, connections and lifecycle changes, not only of readings.
+func TestServe_LiveEvents(t *testing.T) {
+	p := MustRunMain(t, filepath.Join(t.TempDir(), "data"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sub := p.Events.Subscribe(ctx, "")
+	d := p.CreateDevice("sensor-1")
+	next := func(what string) pylon.Event {
+		t.Helper()
+		for {
+			select {
+			case e := <-sub.C():
+				if e.DeviceID != d.ID {
+					t.Fatalf("%s: event for device %q, want %q", what, e.DeviceID, d.ID)
+				}
+				return e
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: no event within 5s", what)
+			}
+		}
+	}
+	cert := p.Enroll(d.ID)
+	if e := next("enroll"); e.Type != pylon.EventState || e.State != "active" {
+		t.Fatalf("enroll: got %+v, want state active", e)
+	}
+	if _, _, err := p.DialMQTT(&cert, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if e := next("connect"); e.Type != pylon.EventConnection || e.Online == nil || !*e.Online {
+		t.Fatalf("connect: got %+v, want online", e)
+	}
+	if code := p.Do("POST", "/api/v1/devices/"+d.ID+"/suspend", p.AdminToken, nil, nil); code != 200 {
+		t.Fatalf("suspend: got %d", code)
+	}
+	got := map[string]bool{}
+	for range 2 { // the state change and the dropped session, in either order
+		e := next("suspend")
+		switch {
+		case e.Type == pylon.EventState && e.State == "suspended":
+			got["state"] = true
+		case e.Type == pylon.EventConnection && e.Online != nil && !*e.Online:
+			got["offline"] = true
+		default:
+			t.Fatalf("suspend: unexpected event %+v", e)
+		}
+	}
+	if !got["state"] || !got["offline"] {
+		t.Fatalf("suspend: got %v, want a state and an offline event", got)
+	}
+}

@@ -105,7 +105,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("open store: %w", err)
 	}
 	var (
-		devices      = sqlite.NewDeviceService(m.DB)
+		devicesStore = sqlite.NewDeviceService(m.DB)
 		apiTokens    = sqlite.NewAPITokenService(m.DB)
 		certs        = sqlite.NewCertificateService(m.DB)
 		enrollTokens = sqlite.NewEnrollmentTokenService(m.DB)
@@ -122,6 +122,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	// it, and feeds the live events of the API and dashboard.
 	m.Telemetry = sqlite.NewTelemetryService(m.DB)
 	m.Events = inmem.NewEventService()
+	// Lifecycle changes made through the API or the dashboard go to the
+	// live feed too.
+	devices := &stateEvents{DeviceService: devicesStore, events: m.Events, now: time.Now}
 	m.Ingester = ingest.New(ingest.Options{
 		Telemetry:  m.Telemetry,
 		Events:     m.Events,
@@ -150,6 +153,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Registerer:  reg,
 		Logger:      log.With("component", "broker"),
 		Ingest:      m.Ingester,
+		Events:      m.Events,
 	})
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
@@ -167,13 +171,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Certs:        certs,
 		EnrollTokens: enrollTokens,
 		Audit:        audit,
-		Provisioning: &pki.Service{
+		Provisioning: &enrollEvents{ProvisioningService: &pki.Service{
 			CA:       ca,
 			Store:    sqlite.NewEnrollmentStore(m.DB),
 			Certs:    certs,
 			Lifetime: time.Duration(cfg.CertLifetime),
 			Logger:   log.With("component", "pki"),
-		},
+		}, events: m.Events, now: time.Now},
 		Sessions:  m.Broker,
 		Telemetry: m.Telemetry,
 		Events:    m.Events,
