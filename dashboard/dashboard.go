@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/ratelimit"
 )
 
 // ContentSecurityPolicy is sent with every response of the dashboard. It
@@ -78,7 +79,7 @@ type Server struct {
 	pages    map[string]*template.Template
 	assets   map[string]*asset // by path below static/
 	sessions *sessionStore
-	limiter  *failureLimiter
+	limiter  *ratelimit.Failures
 	verify   verifyCache
 	streams  *streamSet
 	loads    chan struct{} // a slot per chart history being read
@@ -140,7 +141,7 @@ func (s *Server) init() {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.sessions = newSessionStore(MaxSessions)
-	s.limiter = newFailureLimiter(maxLoginFailures, loginFailureWindow, maxTrackedClients)
+	s.limiter = ratelimit.NewFailures(maxLoginFailures, loginFailureWindow, maxTrackedClients)
 	s.assets = loadAssets()
 	s.pages = s.loadTemplates()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,16 +1,13 @@
 package dashboard
 
 import (
-	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"math"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -18,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/ratelimit"
 )
 
 // Sessions.
@@ -306,9 +304,9 @@ func (s *Server) showLogin(w http.ResponseWriter, r *http.Request, status int, n
 
 // handleLogin signs in with an API token.
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
-	addr, key := clientAddr(r)
+	addr, key := ratelimit.ClientAddr(r)
 	now := s.now()
-	if wait, blocked := s.limiter.blocked(key, now); blocked {
+	if wait, blocked := s.limiter.Blocked(key, now); blocked {
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		s.renderError(w, r, http.StatusTooManyRequests, "Too many failed sign-ins from your address. Try again in a minute.")
 		return
@@ -340,7 +338,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, err)
 			return
 		}
-		s.limiter.fail(key, now)
+		s.limiter.Fail(key, now)
 		s.auditFailure(r, addr)
 		s.showLogin(w, r, http.StatusUnauthorized, next, "Invalid API token.")
 		return
@@ -395,93 +393,4 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, u *user) {
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	s.log.Info("dashboard sign-out", "token_id", u.TokenID)
 	redirect(w, r, "/login")
-}
-
-// clientAddr returns the client's IP address and the key under which its
-// failures are counted: the address itself, or its /64 network for IPv6.
-// Forwarding headers are not trusted.
-func clientAddr(r *http.Request) (addr, key string) {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	if len(host) > 64 {
-		host = host[:64]
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return host, host
-	}
-	ip = ip.Unmap().WithZone("")
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return ip.String(), p.String()
-	}
-	return ip.String(), ip.String()
-}
-
-// failureLimiter counts failures per key in a fixed window that starts at
-// the first failure. It remembers at most capacity keys, forgetting the one
-// whose last failure is oldest.
-type failureLimiter struct {
-	max      int
-	window   time.Duration
-	capacity int
-
-	mu    sync.Mutex
-	byKey map[string]*list.Element // of *failureEntry
-	order *list.List               // front: least recently failed
-}
-
-type failureEntry struct {
-	key   string
-	start time.Time
-	n     int
-}
-
-func newFailureLimiter(max int, window time.Duration, capacity int) *failureLimiter {
-	return &failureLimiter{max: max, window: window, capacity: capacity, byKey: make(map[string]*list.Element), order: list.New()}
-}
-
-// blocked reports whether key has used up its failures, and for how long it
-// stays blocked.
-func (l *failureLimiter) blocked(key string, now time.Time) (time.Duration, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	el, ok := l.byKey[key]
-	if !ok {
-		return 0, false
-	}
-	e := el.Value.(*failureEntry)
-	end := e.start.Add(l.window)
-	if !now.Before(end) {
-		l.order.Remove(el)
-		delete(l.byKey, key)
-		return 0, false
-	}
-	if e.n >= l.max {
-		return end.Sub(now), true
-	}
-	return 0, false
-}
-
-// fail counts one failure of key.
-func (l *failureLimiter) fail(key string, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if el, ok := l.byKey[key]; ok {
-		e := el.Value.(*failureEntry)
-		if !now.Before(e.start.Add(l.window)) {
-			e.start, e.n = now, 0
-		}
-		e.n++
-		l.order.MoveToBack(el)
-		return
-	}
-	for l.order.Len() >= l.capacity {
-		oldest := l.order.Front()
-		l.order.Remove(oldest)
-		delete(l.byKey, oldest.Value.(*failureEntry).key)
-	}
-	l.byKey[key] = l.order.PushBack(&failureEntry{key: key, start: now, n: 1})
 }

@@ -1,19 +1,16 @@
 package httpapi
 
 import (
-	"container/list"
 	"context"
 	"encoding/json"
 	"math"
-	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/ratelimit"
 )
 
 // Limits on failed authentication, per client address.
@@ -82,8 +79,8 @@ func bearerToken(r *http.Request) (string, bool) {
 // rateLimited answers 429 and returns true if the client has failed to
 // authenticate too often recently.
 func (s *Server) rateLimited(w http.ResponseWriter, r *http.Request) bool {
-	_, key := clientAddr(r)
-	wait, blocked := s.limiter.blocked(key, s.now())
+	_, key := ratelimit.ClientAddr(r)
+	wait, blocked := s.limiter.Blocked(key, s.now())
 	if !blocked {
 		return false
 	}
@@ -95,8 +92,8 @@ func (s *Server) rateLimited(w http.ResponseWriter, r *http.Request) bool {
 // authFailed counts a failed authentication against the client, audits it
 // and answers 401 with the given challenge.
 func (s *Server) authFailed(w http.ResponseWriter, r *http.Request, challenge string) {
-	addr, key := clientAddr(r)
-	s.limiter.fail(key, s.now())
+	addr, key := ratelimit.ClientAddr(r)
+	s.limiter.Fail(key, s.now())
 	details, _ := json.Marshal(map[string]string{"path": truncate(r.URL.Path, 256)})
 	rec := &pylon.AuditRecord{
 		Time:    s.now(),
@@ -112,91 +109,4 @@ func (s *Server) authFailed(w http.ResponseWriter, r *http.Request, challenge st
 	s.log.Info("authentication failed", "remote", addr, "path", r.URL.Path)
 	w.Header().Set("WWW-Authenticate", challenge)
 	Error(w, r, pylon.Errorf(pylon.EUNAUTHORIZED, "invalid credentials"))
-}
-
-// clientAddr returns the client's IP address and the key under which its
-// failures are counted: the address itself, or its /64 network for IPv6,
-// where one client commonly holds a whole /64. Forwarding headers are not
-// trusted.
-func clientAddr(r *http.Request) (addr, key string) {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return truncate(host, 64), truncate(host, 64)
-	}
-	ip = ip.Unmap().WithZone("")
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return ip.String(), p.String()
-	}
-	return ip.String(), ip.String()
-}
-
-// failureLimiter counts failures per key in a fixed window that starts at
-// the first failure. It remembers at most capacity keys, forgetting the one
-// whose last failure is oldest.
-type failureLimiter struct {
-	max      int
-	window   time.Duration
-	capacity int
-
-	mu    sync.Mutex
-	byKey map[string]*list.Element // of *failureEntry
-	order *list.List               // front: least recently failed
-}
-
-type failureEntry struct {
-	key   string
-	start time.Time
-	n     int
-}
-
-func newFailureLimiter(max int, window time.Duration, capacity int) *failureLimiter {
-	return &failureLimiter{max: max, window: window, capacity: capacity, byKey: make(map[string]*list.Element), order: list.New()}
-}
-
-// blocked reports whether key has used up its failures, and for how long it
-// stays blocked.
-func (l *failureLimiter) blocked(key string, now time.Time) (time.Duration, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	el, ok := l.byKey[key]
-	if !ok {
-		return 0, false
-	}
-	e := el.Value.(*failureEntry)
-	end := e.start.Add(l.window)
-	if !now.Before(end) {
-		l.order.Remove(el)
-		delete(l.byKey, key)
-		return 0, false
-	}
-	if e.n >= l.max {
-		return end.Sub(now), true
-	}
-	return 0, false
-}
-
-// fail counts one failure of key.
-func (l *failureLimiter) fail(key string, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if el, ok := l.byKey[key]; ok {
-		e := el.Value.(*failureEntry)
-		if !now.Before(e.start.Add(l.window)) {
-			e.start, e.n = now, 0
-		}
-		e.n++
-		l.order.MoveToBack(el)
-		return
-	}
-	for l.order.Len() >= l.capacity {
-		oldest := l.order.Front()
-		l.order.Remove(oldest)
-		delete(l.byKey, oldest.Value.(*failureEntry).key)
-	}
-	l.byKey[key] = l.order.PushBack(&failureEntry{key: key, start: now, n: 1})
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/ratelimit"
 )
 
 // HTTP server limits.
@@ -56,12 +57,13 @@ type Server struct {
 	MaxStreams   int           // concurrent event streams; DefaultMaxStreams if 0
 	PingInterval time.Duration // between ": ping" comments of event streams; DefaultPingInterval if 0
 
-	ready atomic.Bool
+	ready    atomic.Bool
+	inflight atomic.Int64 // requests being handled
 
 	initOnce sync.Once
 	handler  http.Handler
 	mux      *http.ServeMux
-	limiter  *failureLimiter
+	limiter  *ratelimit.Failures
 	streams  *streamState
 	log      *slog.Logger
 
@@ -184,9 +186,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(ctx) }()
-	// Shutdown has closed the listener by the time a poll finds it done or
-	// the first tick passes; connections that never sent a request hold no
-	// work and are closed rather than waited for.
+	// Shutdown has closed the listener by the time the first tick passes.
+	// Connections that never sent a request hold no work and are closed
+	// rather than waited for; once no request is being handled, the
+	// remaining connections (HTTP/2 ones may linger after their last
+	// stream) are closed too: in-flight work is what Shutdown waits for.
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var err error
@@ -197,6 +201,9 @@ wait:
 			break wait
 		case <-tick.C:
 			s.closeFresh()
+			if s.inflight.Load() == 0 {
+				srv.Close()
+			}
 		}
 	}
 	if err != nil {
@@ -239,7 +246,7 @@ func (s *Server) init() {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	s.limiter = newFailureLimiter(maxAuthFailures, authFailureWindow, maxTrackedClients)
+	s.limiter = ratelimit.NewFailures(maxAuthFailures, authFailureWindow, maxTrackedClients)
 	maxStreams := s.MaxStreams
 	if maxStreams <= 0 {
 		maxStreams = DefaultMaxStreams
@@ -247,7 +254,12 @@ func (s *Server) init() {
 	s.streams = newStreamState(maxStreams)
 	s.mux = http.NewServeMux()
 	s.routes()
-	s.handler = s.middleware(http.HandlerFunc(s.route))
+	inner := s.middleware(http.HandlerFunc(s.route))
+	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+		inner.ServeHTTP(w, r)
+	})
 }
 
 // routes registers every API and EST endpoint.
