@@ -7,11 +7,12 @@ import (
 	"time"
 )
 
-// cpuTime returns the CPU time (user + system) of the process so far.
-func cpuTime() time.Duration {
+// cpuTime returns the CPU time (user + system) the process has used so
+// far, and whether it could be measured.
+func cpuTime() (time.Duration, bool) {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
+		return 0, false
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
 }
