@@ -558,8 +558,19 @@ func (c *Client) buildConnect(cp *paho.Connect, _ *url.URL) (*paho.Connect, erro
 		cp.Properties = &paho.ConnectProperties{}
 	}
 	cp.Properties.RequestProblemInfo = true
+	// The platform sends a device few QoS 1 messages at a time (error
+	// reports); without a Receive Maximum paho reserves a 65,535-slot
+	// queue, half a megabyte per connection.
+	if cp.Properties.ReceiveMaximum == nil {
+		rm := uint16(receiveMaximum)
+		cp.Properties.ReceiveMaximum = &rm
+	}
 	return cp, nil
 }
+
+// receiveMaximum is how many QoS 1 and 2 messages the broker may have in
+// flight to the device at once [MQTT-3.1.2.11.3].
+const receiveMaximum = 16
 
 // dial opens the mutual-TLS connection to the broker.
 func (c *Client) dial(ctx context.Context, _ autopaho.ClientConfig, _ *url.URL) (net.Conn, error) {
