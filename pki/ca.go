@@ -189,8 +189,10 @@ func (ca *CA) CertPool() *x509.CertPool {
 // ServerCertificate loads DIR/server.crt and DIR/server.key, or (re)issues
 // them when missing or unreadable, not issued by ca, not covering hosts,
 // or expiring within 30 days. The certificate covers hosts plus localhost,
-// 127.0.0.1 and ::1; its CN is the first host. It returns the chain (leaf,
-// CA) with Leaf set. A key file that others can read is an error.
+// 127.0.0.1 and ::1; its CN is the first host. It returns the leaf alone,
+// with Leaf set: every client must already trust the CA, so sending the
+// root in each handshake would only cost bytes and parsing (RFC 8446
+// §4.4.2 lets it be omitted). A key file that others can read is an error.
 func (ca *CA) ServerCertificate(dir string, hosts []string, now time.Time) (tls.Certificate, error) {
 	names, ips, cn, err := splitHosts(hosts)
 	if err != nil {
@@ -210,7 +212,7 @@ func (ca *CA) ServerCertificate(dir string, hosts []string, now time.Time) (tls.
 		}
 	}
 	return tls.Certificate{
-		Certificate: [][]byte{leaf.Raw, ca.Cert.Raw},
+		Certificate: [][]byte{leaf.Raw},
 		PrivateKey:  key,
 		Leaf:        leaf,
 	}, nil

@@ -235,8 +235,11 @@ func TestServerCertificate_Issues(t *testing.T) {
 	if leaf == nil {
 		t.Fatal("got nil Leaf, want the certificate")
 	}
-	if len(tc.Certificate) != 2 || !bytes.Equal(tc.Certificate[0], leaf.Raw) || !bytes.Equal(tc.Certificate[1], ca.Cert.Raw) {
-		t.Errorf("got chain of %d, want (leaf, CA)", len(tc.Certificate))
+	if len(tc.Certificate) != 1 || !bytes.Equal(tc.Certificate[0], leaf.Raw) {
+		t.Errorf("got chain of %d, want the leaf alone (clients trust the CA already)", len(tc.Certificate))
+	}
+	if err := leaf.CheckSignatureFrom(ca.Cert); err != nil {
+		t.Errorf("leaf not signed by the CA: %v", err)
 	}
 	if got, want := leaf.Subject.CommonName, "pylon.example.com"; got != want {
 		t.Errorf("got CN %q, want %q", got, want)
