@@ -26,7 +26,7 @@ Usage:
   pylon api-tokens <verb>        API tokens: create | list | revoke
   pylon audit <verb>             audit log: list | verify
   pylon readings <verb>          telemetry: list | latest | agg | watch | rejected
-  pylon bench enroll [flags]     measure a running server (EST enrollments/s)
+  pylon bench enroll|ingest      measure a running server (EST enrollments/s, telemetry ingest)
   pylon seal --key F --seq N     sign a SenML JSON pack (stdin) as a telemetry message (stdout)
   pylon sim --devices N --rate R simulate a fleet of SDK devices against a server
   pylon version                  print the version
