@@ -381,10 +381,12 @@ func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request, u *u
 			if !show {
 				continue
 			}
-			data, err := json.Marshal(le)
-			if err != nil {
-				s.log.Error("encode live event", "type", ev.Type, "device", id, "err", err)
-				continue
+			// What the feed has said, the poll need not say again.
+			if le.Online != nil {
+				polled.online = *le.Online
+			}
+			if le.State != "" {
+				polled.state = pylon.DeviceState(le.State)
 			}
 			buf = buf[:0]
 			if d := sub.Dropped(); d > dropped {
@@ -394,11 +396,7 @@ func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request, u *u
 				buf = append(buf, '\n')
 				dropped = d
 			}
-			buf = append(buf, "event: "...)
-			buf = append(buf, ev.Type...) // one of the four checked above
-			buf = append(buf, "\ndata: "...)
-			buf = append(buf, data...) // json.Marshal never writes a newline
-			buf = append(buf, "\n\n"...)
+			buf = appendEvent(buf, ev.Type, le) // one of the four checked above
 			msg = buf
 		}
 		if !write(msg) {
@@ -415,7 +413,9 @@ func (s *Server) statePollInterval() time.Duration {
 }
 
 // deviceStatus is what a device stream polls: the connection and the
-// lifecycle state.
+// lifecycle state. The live feed carries their changes too; the poll is
+// for what it misses (a subscriber that fell behind, a change made by
+// another instance).
 type deviceStatus struct {
 	online bool
 	state  pylon.DeviceState
