@@ -180,23 +180,8 @@ func (s *APITokenService) AuthenticateAPIToken(ctx context.Context, id string, s
 
 // FindAPITokens returns all API tokens, newest first.
 func (s *APITokenService) FindAPITokens(ctx context.Context) ([]*pylon.APIToken, error) {
-	rows, err := s.db.reader.QueryContext(ctx, `SELECT `+apiTokenColumns+` FROM api_tokens ORDER BY seq DESC`)
-	if err != nil {
-		return nil, fmt.Errorf("query api tokens: %w", err)
-	}
-	defer rows.Close()
-	tokens := []*pylon.APIToken{}
-	for rows.Next() {
-		t, err := scanAPIToken(rows, nil)
-		if err != nil {
-			return nil, fmt.Errorf("scan api token: %w", err)
-		}
-		tokens = append(tokens, t)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("query api tokens: %w", err)
-	}
-	return tokens, nil
+	scan := func(row rowScanner) (*pylon.APIToken, error) { return scanAPIToken(row, nil) }
+	return queryAll(ctx, s.db.reader, "api tokens", scan, `SELECT `+apiTokenColumns+` FROM api_tokens ORDER BY seq DESC`)
 }
 
 // RevokeAPIToken revokes the token; revoking a revoked token changes

@@ -58,23 +58,7 @@ func scanCertificate(row rowScanner) (*pylon.Certificate, error) {
 
 // queryCertificates runs a query of certColumns.
 func queryCertificates(ctx context.Context, q queryer, query string, args ...any) ([]*pylon.Certificate, error) {
-	rows, err := q.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("query certificates: %w", err)
-	}
-	defer rows.Close()
-	certs := []*pylon.Certificate{}
-	for rows.Next() {
-		c, err := scanCertificate(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan certificate: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("query certificates: %w", err)
-	}
-	return certs, nil
+	return queryAll(ctx, q, "certificates", scanCertificate, query, args...)
 }
 
 // findCertificate returns the certificate with serial, or ENOTFOUND.
@@ -422,23 +406,8 @@ func (s *EnrollmentTokenService) FindEnrollmentTokens(ctx context.Context, live 
 		args = append(args, timeArg(s.db.now()))
 	}
 	q += ` ORDER BY seq DESC`
-	rows, err := s.db.reader.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("query enrollment tokens: %w", err)
-	}
-	defer rows.Close()
-	tokens := []*pylon.EnrollmentToken{}
-	for rows.Next() {
-		t, err := scanEnrollToken(rows, nil)
-		if err != nil {
-			return nil, fmt.Errorf("scan enrollment token: %w", err)
-		}
-		tokens = append(tokens, t)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("query enrollment tokens: %w", err)
-	}
-	return tokens, nil
+	scan := func(row rowScanner) (*pylon.EnrollmentToken, error) { return scanEnrollToken(row, nil) }
+	return queryAll(ctx, s.db.reader, "enrollment tokens", scan, q, args...)
 }
 
 // findEnrollToken returns the token with id, or ENOTFOUND.

@@ -320,6 +320,28 @@ type queryer interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
+// queryAll runs query and scans every row with scan. what names the rows
+// in errors ("certificates"). The result is never nil.
+func queryAll[T any](ctx context.Context, q queryer, what string, scan func(rowScanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("query %s: %w", what, err)
+	}
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scan %s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("query %s: %w", what, err)
+	}
+	return out, nil
+}
+
 // timeLayout is fixed-width (for years 0 to 9999), so stored times compare
 // and sort as strings, and keeps nanoseconds.
 const timeLayout = "2006-01-02T15:04:05.000000000Z"
