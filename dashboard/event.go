@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/sse"
 )
 
 // Live event streams of the device page (Server-Sent Events).
@@ -305,22 +306,7 @@ func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request, u *u
 	// page has its 200 is missed.
 	sub := s.Events.Subscribe(ctx, id)
 
-	// The server's WriteTimeout would cut every stream short, so the
-	// write deadline is renewed before each write instead; the read
-	// deadline is cleared, as the request has been read in full.
-	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(time.Time{}) // not supported by every writer; then there is none to clear
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	write := func(b []byte) bool {
-		rc.SetWriteDeadline(time.Now().Add(StreamWriteTimeout))
-		if _, err := w.Write(b); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
-	}
+	write := sse.Start(w, StreamWriteTimeout)
 	if !write([]byte("retry: " + strconv.Itoa(int(streamRetry/time.Millisecond)) + "\n: connected\n\n")) {
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/sse"
 )
 
 // Live event streams (Server-Sent Events).
@@ -64,11 +65,8 @@ func (s *Server) handleDeviceEvents(w http.ResponseWriter, r *http.Request) {
 // Server-Sent Events: "event: TYPE" and "data: JSON" per event, and a
 // ": ping" comment every PingInterval. It ends when the client goes away,
 // the EventService closes the subscription, a write stalls for
-// StreamWriteTimeout, or the server shuts down.
-//
-// The server's WriteTimeout would cut every stream short, so the write
-// deadline is renewed before each write instead; the read deadline is
-// cleared, as the request has been read in full.
+// StreamWriteTimeout (sse.Start renews the deadline per write), or the
+// server shuts down.
 func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, deviceID string) {
 	if s.Events == nil {
 		Error(w, r, errTelemetryOff)
@@ -92,21 +90,7 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request, deviceID st
 	// client has its 200 is missed.
 	sub := s.Events.Subscribe(ctx, deviceID)
 
-	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(time.Time{}) // not supported by every writer; then there is none to clear
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-
-	write := func(b []byte) bool {
-		rc.SetWriteDeadline(time.Now().Add(StreamWriteTimeout))
-		if _, err := w.Write(b); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
-	}
+	write := sse.Start(w, StreamWriteTimeout)
 	if !write([]byte(": connected\n\n")) {
 		return
 	}
