@@ -248,6 +248,10 @@ func TestCSRF(t *testing.T) {
 	csrf := b.MustCSRF("/devices/" + d.ID)
 	other := e.MustSignIn(admin)
 	otherCSRF := other.MustCSRF("/")
+	wrong := "x" + csrf[1:]
+	if wrong == csrf {
+		wrong = "y" + csrf[1:]
+	}
 
 	tests := []struct {
 		name    string
@@ -256,7 +260,7 @@ func TestCSRF(t *testing.T) {
 		status  int
 	}{
 		{"missing", url.Values{}, nil, http.StatusForbidden},
-		{"wrong", url.Values{"csrf": {"x" + csrf[1:]}}, nil, http.StatusForbidden},
+		{"wrong", url.Values{"csrf": {wrong}}, nil, http.StatusForbidden},
 		{"another session's", url.Values{"csrf": {otherCSRF}}, nil, http.StatusForbidden},
 		{"foreign origin", url.Values{"csrf": {csrf}}, []string{"Origin: https://evil.example"}, http.StatusForbidden},
 		{"null origin, no fetch metadata", url.Values{"csrf": {csrf}}, []string{"Origin: null"}, http.StatusForbidden},
