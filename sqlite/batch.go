@@ -62,14 +62,6 @@ func (db *DB) stopBatcher() {
 
 func (db *DB) batchLoop() {
 	defer close(db.batchDone)
-	// Each batch item runs in a savepoint, so every page it changes is
-	// first copied to the statement journal. By default SQLite spills that
-	// journal to a temporary file past 64 KiB, which made most of an
-	// enrollment's writes (a new file and a pwrite per page, per batch).
-	// In memory it costs a copy; it holds one item's pages at most.
-	if _, err := db.writer.Exec(`PRAGMA temp_store = MEMORY`); err != nil {
-		db.logger.Warn("group commit: statement journal stays on disk", "err", err)
-	}
 	batch := make([]*batchReq, 0, maxBatch)
 	for {
 		select {

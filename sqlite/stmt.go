@@ -86,6 +86,9 @@ func (tx *Tx) prepared(ctx context.Context, query string) *sql.Stmt {
 // Commit commits tx, then prepares the queries it ran unprepared.
 func (tx *Tx) Commit() error {
 	err := tx.Tx.Commit()
+	if err == nil && !tx.readOnly {
+		tx.db.kickCheckpointer()
+	}
 	tx.prepareLater()
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -389,31 +390,24 @@ func benchFleet(b *testing.B, devices int) (*sqlite.TelemetryService, *sql.DB, [
 
 // BenchmarkWriteMessages measures stored readings per second for the
 // batch shapes of the ingest path, with messages spread round-robin over
-// a fleet. Each iteration is one WriteMessages call (one commit).
+// a fleet. Each iteration is one WriteMessages call (one commit). A
+// message's readings are of names different names ("50 names": one
+// reading of each of 50 sensors) or all of one name ("1 name": a device's
+// 50 samples of one sensor, 1 ms apart).
 func BenchmarkWriteMessages(b *testing.B) {
 	for _, bc := range []struct {
-		msgs, readings, devices int
-		noIndex                 bool
+		msgs, readings, names, devices int
 	}{
-		{64, 1, 16, false},
-		{64, 1, 1000, false},
-		{64, 1, 1000, true},
-		{16, 50, 16, false},
-		{16, 50, 1000, false},
-		{16, 50, 1000, true},
+		{64, 1, 1, 16},
+		{64, 1, 1, 1000},
+		{16, 50, 50, 16},
+		{16, 50, 50, 1000},
+		{64, 50, 1, 200},
 	} {
-		name := fmt.Sprintf("%dx%d/devices=%d", bc.msgs, bc.readings, bc.devices)
-		if bc.noIndex {
-			name += "/no-index"
-		}
+		name := fmt.Sprintf("%dx%d/names=%d/devices=%d", bc.msgs, bc.readings, bc.names, bc.devices)
 		b.Run(name, func(b *testing.B) {
-			ts, raw, devs := benchFleet(b, bc.devices)
-			if bc.noIndex {
-				if _, err := raw.Exec(`DROP INDEX readings_series_time_idx`); err != nil {
-					b.Fatal(err)
-				}
-			}
-			names := make([]string, bc.readings)
+			ts, _, devs := benchFleet(b, bc.devices)
+			names := make([]string, bc.names)
 			for i := range names {
 				names[i] = fmt.Sprintf("sensor/%d", i)
 			}
@@ -435,7 +429,7 @@ func BenchmarkWriteMessages(b *testing.B) {
 					m.DeviceID, m.Seq, m.Received = devs[d], seqs[d], now
 					for j := range m.Readings {
 						v := float64(next) * 0.25
-						m.Readings[j] = pylon.Reading{Name: names[j], Unit: "Cel", Time: now, Value: &v}
+						m.Readings[j] = pylon.Reading{Name: names[j%len(names)], Unit: "Cel", Time: now.Add(time.Duration(j-len(m.Readings)) * time.Millisecond), Value: &v}
 					}
 				}
 				st, err := ts.WriteMessages(ctx, msgs)
@@ -449,5 +443,65 @@ func BenchmarkWriteMessages(b *testing.B) {
 			}
 			b.ReportMetric(float64(stored)/b.Elapsed().Seconds(), "readings/s")
 		})
+	}
+}
+
+// TestBackgroundCheckpoint checks that the writer leaves checkpoints to the
+// background checkpointer, and that it runs: the database file grows (only
+// a checkpoint writes to it) and the WAL is started over, so that it does
+// not grow with every write.
+func TestBackgroundCheckpoint(t *testing.T) {
+	path := tempPath(t)
+	db, _ := MustOpenDB(t, path)
+	ts := sqlite.NewTelemetryService(db)
+	dev := createDevices(t, db, 1)[0]
+	size := func(p string) int64 {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	before := size(path)
+	var seq uint64
+	write := func() {
+		msgs := make([]*pylon.TelemetryMessage, 100)
+		for i := range msgs {
+			seq++
+			rs := make([]pylon.Reading, 50)
+			for j := range rs {
+				rs[j] = reading(fmt.Sprintf("s%d", j), storetest.T0.Add(time.Duration(seq)*time.Second), float64(seq))
+			}
+			msgs[i] = &pylon.TelemetryMessage{DeviceID: dev, Seq: seq, Readings: rs}
+		}
+		if _, err := ts.WriteMessages(context.Background(), msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 20 commits of 5,000 readings: well over the 1,000 WAL pages at which
+	// SQLite's automatic checkpoint would run.
+	for range 20 {
+		write()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for size(path) < before+1<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("database file still %d bytes (was %d) 10 s after the writes: no checkpoint ran", size(path), before)
+		}
+		write()
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The WAL is reused from its start once it was checkpointed: its size
+	// stays bounded however much is written.
+	for range 100 {
+		write()
+		time.Sleep(5 * time.Millisecond)
+	}
+	if wal := size(path + "-wal"); wal > 64<<20 {
+		t.Fatalf("WAL is %d bytes after the writes: it is not being started over", wal)
+	}
+	got, err := ts.AggregateReadings(context.Background(), pylon.AggregateFilter{DeviceID: dev, Name: "s0", Agg: pylon.AggCount, Bucket: 1000 * time.Hour, From: storetest.T0, To: storetest.T0.Add(1000 * time.Hour)})
+	if err != nil || len(got) != 1 || got[0].Count != int64(seq) {
+		t.Fatalf("count of s0: got %v (%v), want %d readings", got, err, seq)
 	}
 }
