@@ -5,26 +5,33 @@
 //
 // # Pipeline
 //
-//	broker hook ──Ingest()──▶ envelope.Open (signature, size, decompression caps)
+//	broker hook ──Submit()──▶ envelope.Open (signature, size, decompression caps)
 //	                          senml.Decode (names, units, values, times)
 //	                          ──▶ committer queue ──▶ TelemetryService.WriteMessages
 //	                                                  (one transaction for every
 //	                                                   message queued meanwhile)
 //	          ◀── Result ─────────────────────────── durable commit
 //
-// Ingest blocks its caller (the device's connection goroutine) until the
-// message is durably stored, so the PUBACK the broker sends afterwards
-// means "stored". Many devices' messages share each commit: while one
-// transaction commits, the next batch gathers. A refused message is never
-// stored as readings: it gets a reason, is kept in a bounded quarantine,
-// and is reported to the device on devices/{id}/errors by the broker.
+// Submit verifies and decodes on its caller's goroutine (the device's
+// connection), queues the message and returns; the result comes later, to
+// a callback, once the message is durably stored, so the PUBACK the broker
+// sends then means "stored". A connection can so have many messages in
+// flight: while one transaction commits, the next batch gathers, with
+// several messages of each busy device. Results are delivered by a few
+// completion goroutines, each device's always by the same one and in the
+// order of its Submit calls, refusals included. Ingest is Submit that
+// waits for its result. A refused message is never stored as readings: it
+// gets a reason, is kept in a bounded quarantine, and is reported to the
+// device on devices/{id}/errors by the broker.
 package ingest
 
 import (
 	"context"
 	"crypto"
 	"errors"
+	"hash/maphash"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -104,9 +111,27 @@ type Options struct {
 	Now        func() time.Time
 	Limits     senml.Limits
 
-	// MaxBatch is how many messages one commit takes at most (256 if 0).
+	// MaxBatch is how many messages one commit takes at most (1024 if 0).
 	MaxBatch int
+
+	// Linger is how long the committer waits, after the first message of
+	// a batch, for more to share its commit, unless MaxBatch are queued
+	// (DefaultLinger if 0; none if negative). A commit has a fixed cost, so
+	// under moderate load, when most would hold one message, lingering
+	// saves CPU for a little latency.
+	Linger time.Duration
+
+	// MaxHeld bounds the memory of the messages between Submit and their
+	// result, in bytes (an estimate: payload, decoded SenML and readings);
+	// 256 MiB if 0. Submit waits while it is reached.
+	MaxHeld int64
 }
+
+// DefaultLinger is the default Options.Linger.
+const DefaultLinger = time.Millisecond
+
+// readingSize is what one decoded reading is counted for in MaxHeld.
+const readingSize = 160
 
 // Ingester verifies, decodes and stores telemetry messages.
 type Ingester struct {
@@ -117,16 +142,76 @@ type Ingester struct {
 	m       *metrics
 	limiter logLimiter
 
-	ctx     context.Context
-	cancel  context.CancelFunc
-	stopped chan struct{} // closed when the committer has drained and stopped
-	wg      sync.WaitGroup
+	// workers deliver results; a device's always go to the same one.
+	workers []chan *item
+	seed    maphash.Seed
+
+	// mu guards closed: Submit queues under the read lock, so that once
+	// Close has set closed, nothing more is queued and the committer's
+	// final drain finds everything.
+	mu     sync.RWMutex
+	closed bool
+
+	held budget // of MaxHeld
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
+// item is one submitted message on its way through the committer.
 type item struct {
-	msg    *pylon.TelemetryMessage
-	queued time.Time
-	done   chan writeResult
+	device  string
+	msg     *pylon.TelemetryMessage // nil for a refusal, which only keeps its place in line
+	res     Result                  // the result of a refusal
+	payload []byte                  // for the quarantine, if the store finds a replay
+	queued  time.Time
+	now     time.Time
+	wr      writeResult // set by the committer
+	done    func(Result)
+	size    int64 // counted in Ingester.held
+}
+
+// budget counts bytes up to a maximum; take waits for room.
+type budget struct {
+	mu     sync.Mutex
+	cond   sync.Cond
+	used   int64
+	max    int64
+	closed bool
+}
+
+// take waits until n more bytes fit (n is capped at the maximum, so that
+// one large message always fits alone) and counts them. It returns false,
+// counting nothing, once the budget is closed.
+func (b *budget) take(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n = min(n, b.max)
+	for !b.closed && b.used+n > b.max {
+		b.cond.Wait()
+	}
+	if b.closed {
+		return false
+	}
+	b.used += n
+	return true
+}
+
+// give gives back n bytes that take counted.
+func (b *budget) give(n int64) {
+	b.mu.Lock()
+	b.used -= min(n, b.max)
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
+
+// close makes every take, waiting or later, return false.
+func (b *budget) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.cond.Broadcast()
 }
 
 type writeResult struct {
@@ -143,30 +228,53 @@ func New(opts Options) *Ingester {
 		opts.Now = time.Now
 	}
 	if opts.MaxBatch <= 0 {
-		opts.MaxBatch = 256
+		opts.MaxBatch = 1024
+	}
+	if opts.Linger == 0 {
+		opts.Linger = DefaultLinger
+	}
+	if opts.MaxHeld <= 0 {
+		opts.MaxHeld = 256 << 20
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Ingester{
+	workers := make([]chan *item, max(2, runtime.GOMAXPROCS(0)))
+	for i := range workers {
+		workers[i] = make(chan *item, 2*opts.MaxBatch)
+	}
+	in := &Ingester{
 		opts:    opts,
 		log:     opts.Logger,
 		queue:   make(chan *item, 4*opts.MaxBatch),
 		quar:    make(chan *pylon.QuarantinedMessage, 1024),
 		m:       newMetrics(opts.Registerer),
+		workers: workers,
+		seed:    maphash.MakeSeed(),
 		ctx:     ctx,
 		cancel:  cancel,
-		stopped: make(chan struct{}),
+	}
+	in.held.max = opts.MaxHeld
+	in.held.cond.L = &in.held.mu
+	return in
+}
+
+// Start starts the committer, the completion goroutines and the quarantine
+// writer.
+func (in *Ingester) Start() {
+	in.wg.Add(2 + len(in.workers))
+	go in.commitLoop()
+	go in.quarantineLoop()
+	for _, w := range in.workers {
+		go in.completeLoop(w)
 	}
 }
 
-// Start starts the committer and the quarantine writer.
-func (in *Ingester) Start() {
-	in.wg.Add(2)
-	go in.commitLoop()
-	go in.quarantineLoop()
-}
-
-// Close stops accepting messages, commits what is queued and waits.
+// Close stops accepting messages, commits what is queued, delivers every
+// result and waits.
 func (in *Ingester) Close() error {
+	in.held.close()
+	in.mu.Lock()
+	in.closed = true
+	in.mu.Unlock()
 	in.cancel()
 	in.wg.Wait()
 	return nil
@@ -180,55 +288,92 @@ var errClosed = errors.New("ingest: shutting down")
 // pub (the public key of the certificate the device connected with). It
 // returns once the message is durably stored, or refused.
 func (in *Ingester) Ingest(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte) Result {
-	start := time.Now()
-	now := in.opts.Now()
-	msg, err := envelope.Open(payload, pub)
-	if err != nil {
-		return in.refuse(deviceID, 0, payload, now, err)
+	ch := make(chan Result, 1)
+	in.Submit(ctx, deviceID, pub, payload, func(r Result) { ch <- r })
+	return <-ch
+}
+
+// Submit handles one telemetry message of deviceID, as Ingest, without
+// waiting: it verifies and decodes the message, queues it and returns.
+// done is called exactly once with the result: once the message is
+// durably stored, or refused, or could not be stored (Result.Retry). The
+// results of a device's messages come in the order of its Submit calls,
+// from one goroutine, so done must not block for long; only a Retry
+// (shutdown, ctx ended before the message was queued) may come at once,
+// on the caller's goroutine, ahead of earlier results. A queued message
+// is committed even if ctx ends meanwhile. Submit blocks while the
+// committer's queue is full, or while the messages held reach MaxHeld.
+func (in *Ingester) Submit(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte, done func(Result)) {
+	it := &item{device: deviceID, payload: payload, queued: time.Now(), now: in.opts.Now(), done: done}
+	var seq uint64
+	it.size = int64(len(payload))
+	if msg, err := envelope.Open(payload, pub); err != nil {
+		it.res = in.refuse(deviceID, 0, payload, it.now, err)
+	} else if readings, err := senml.Decode(deviceID, msg.ContentType, msg.Payload, it.now, in.opts.Limits); err != nil {
+		seq, it.res = msg.Seq, in.refuse(deviceID, msg.Seq, payload, it.now, err)
+	} else {
+		seq, it.msg = msg.Seq, &pylon.TelemetryMessage{DeviceID: deviceID, Seq: msg.Seq, Received: it.now, Readings: readings}
+		it.size += int64(len(msg.Payload)) + readingSize*int64(len(readings))
 	}
-	readings, err := senml.Decode(deviceID, msg.ContentType, msg.Payload, now, in.opts.Limits)
-	if err != nil {
-		return in.refuse(deviceID, msg.Seq, payload, now, err)
+	if !in.held.take(it.size) {
+		done(in.retry(deviceID, seq, errClosed))
+		return
 	}
-	tm := &pylon.TelemetryMessage{DeviceID: deviceID, Seq: msg.Seq, Received: now, Readings: readings}
-	it := &item{msg: tm, queued: start, done: make(chan writeResult, 1)}
+	in.mu.RLock()
+	defer in.mu.RUnlock()
+	if in.closed {
+		in.held.give(it.size)
+		done(in.retry(deviceID, seq, errClosed))
+		return
+	}
 	select {
 	case in.queue <- it:
-	case <-in.ctx.Done():
-		return in.retry(deviceID, msg.Seq, errClosed)
+		// The committer and a completion goroutine take it from here.
 	case <-ctx.Done():
-		return in.retry(deviceID, msg.Seq, ctx.Err())
+		in.held.give(it.size)
+		done(in.retry(deviceID, seq, ctx.Err()))
 	}
-	// Once queued, the message will be committed or failed by the
-	// committer, even if the device's connection goes away meanwhile.
-	var wr writeResult
-	select {
-	case wr = <-it.done:
-	case <-in.stopped:
-		select {
-		case wr = <-it.done:
-		default: // queued after the final drain: never written
-			return in.retry(deviceID, msg.Seq, errClosed)
-		}
+}
+
+// result returns the result of an item the committer is done with.
+func (in *Ingester) result(it *item) Result {
+	if it.msg == nil {
+		return it.res
 	}
+	deviceID, seq, wr := it.device, it.msg.Seq, it.wr
 	switch {
 	case wr.err != nil:
-		return in.retry(deviceID, msg.Seq, wr.err)
+		return in.retry(deviceID, seq, wr.err)
 	case wr.status == pylon.WriteReplay:
-		return in.refuse(deviceID, msg.Seq, payload, now, pylon.Errorf(pylon.EUNAUTHORIZED,
-			"sequence number %d is a replay: it is more than %d below the highest stored", msg.Seq, pylon.ReplayWindow))
+		return in.refuse(deviceID, seq, it.payload, it.now, pylon.Errorf(pylon.EUNAUTHORIZED,
+			"sequence number %d is a replay: it is more than %d below the highest stored", seq, pylon.ReplayWindow))
 	}
-	in.m.latency.Observe(time.Since(start).Seconds())
+	in.m.latency.Observe(time.Since(it.queued).Seconds())
 	if wr.status == pylon.WriteDuplicate {
 		in.m.messages.WithLabelValues("duplicate").Inc()
-		return Result{Reason: ReasonSuccess, Status: wr.status, Seq: msg.Seq}
+		return Result{Reason: ReasonSuccess, Status: wr.status, Seq: seq}
 	}
+	readings := it.msg.Readings
 	in.m.messages.WithLabelValues("stored").Inc()
 	in.m.readings.Add(float64(len(readings)))
 	if in.opts.Events != nil {
-		in.opts.Events.PublishEvent(pylon.Event{Type: pylon.EventReadings, DeviceID: deviceID, Time: now, Readings: readings})
+		in.opts.Events.PublishEvent(pylon.Event{Type: pylon.EventReadings, DeviceID: deviceID, Time: it.now, Readings: readings})
 	}
-	return Result{Reason: ReasonSuccess, Status: wr.status, Seq: msg.Seq, Readings: len(readings)}
+	return Result{Reason: ReasonSuccess, Status: wr.status, Seq: seq, Readings: len(readings)}
+}
+
+// completeLoop delivers the results of the items sent to w, in order.
+func (in *Ingester) completeLoop(w chan *item) {
+	defer in.wg.Done()
+	for it := range w {
+		it.done(in.result(it))
+		in.held.give(it.size)
+	}
+}
+
+// worker returns the completion goroutine's queue for deviceID.
+func (in *Ingester) worker(deviceID string) chan *item {
+	return in.workers[maphash.String(in.seed, deviceID)%uint64(len(in.workers))]
 }
 
 // refuse reports a message the device got wrong.
@@ -266,13 +411,20 @@ func (in *Ingester) retry(deviceID string, seq uint64, err error) Result {
 	return Result{Reason: ReasonUnspecified, Seq: seq, Err: err, Retry: true}
 }
 
-// commitLoop takes whatever is queued, up to MaxBatch messages, and stores
-// it in one transaction. While it commits, the next batch gathers.
+// commitLoop takes the first queued message, waits up to Linger for more,
+// takes whatever else is queued, up to MaxBatch messages, and stores the
+// batch in one transaction. While it commits, the next batch gathers.
 func (in *Ingester) commitLoop() {
 	defer in.wg.Done()
-	defer close(in.stopped)
+	defer func() {
+		for _, w := range in.workers {
+			close(w)
+		}
+	}()
 	batch := make([]*item, 0, in.opts.MaxBatch)
 	msgs := make([]*pylon.TelemetryMessage, 0, in.opts.MaxBatch)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		select {
 		case it := <-in.queue:
@@ -280,6 +432,21 @@ func (in *Ingester) commitLoop() {
 		case <-in.ctx.Done():
 			in.drain()
 			return
+		}
+		if in.opts.Linger > 0 {
+			linger.Reset(in.opts.Linger)
+		wait:
+			for len(batch) < in.opts.MaxBatch {
+				select {
+				case it := <-in.queue:
+					batch = append(batch, it)
+				case <-linger.C:
+					break wait
+				case <-in.ctx.Done():
+					break wait // the final drain commits the rest
+				}
+			}
+			linger.Stop()
 		}
 	gather:
 		for len(batch) < in.opts.MaxBatch {
@@ -317,21 +484,34 @@ func (in *Ingester) drain() {
 
 func (in *Ingester) commit(batch []*item, msgs []*pylon.TelemetryMessage) {
 	for _, it := range batch {
-		msgs = append(msgs, it.msg)
-	}
-	start := time.Now()
-	statuses, err := in.opts.Telemetry.WriteMessages(context.Background(), msgs)
-	in.m.commit.Observe(time.Since(start).Seconds())
-	in.m.batch.Observe(float64(len(batch)))
-	if err == nil && len(statuses) != len(batch) {
-		err = errors.New("ingest: store returned a wrong number of statuses")
-	}
-	for i, it := range batch {
-		if err != nil {
-			it.done <- writeResult{err: err}
-		} else {
-			it.done <- writeResult{status: statuses[i]}
+		if it.msg != nil {
+			msgs = append(msgs, it.msg)
 		}
+	}
+	var (
+		statuses []pylon.WriteStatus
+		err      error
+	)
+	if len(msgs) > 0 {
+		start := time.Now()
+		statuses, err = in.opts.Telemetry.WriteMessages(context.Background(), msgs)
+		in.m.commit.Observe(time.Since(start).Seconds())
+		in.m.batch.Observe(float64(len(msgs)))
+		if err == nil && len(statuses) != len(msgs) {
+			err = errors.New("ingest: store returned a wrong number of statuses")
+		}
+	}
+	j := 0
+	for _, it := range batch {
+		if it.msg != nil {
+			if err != nil {
+				it.wr = writeResult{err: err}
+			} else {
+				it.wr = writeResult{status: statuses[j]}
+			}
+			j++
+		}
+		in.worker(it.device) <- it
 	}
 }
 

@@ -244,3 +244,111 @@ func TestIngest_CloseKeepsQuarantine(t *testing.T) {
 		t.Fatalf("quarantined after Close: got %d, want %d", len(store.quarantine), n)
 	}
 }
+
+// TestSubmit_Order checks that Submit returns before the commit, that one
+// device's results come in the order of its Submit calls, refusals
+// included, and that messages submitted one after another share commits.
+func TestSubmit_Order(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	store := newMemStore()
+	gate := make(chan struct{})
+	write := store.WriteMessagesFn
+	store.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
+		<-gate // hold the commits until every message is submitted
+		return write(ctx, msgs)
+	}
+	in := startIngester(t, store)
+	const n = 200
+	var (
+		mu   sync.Mutex
+		got  []uint64 // message numbers in the order of their results
+		errs []bool
+		wg   sync.WaitGroup
+	)
+	for i := range n {
+		payload := sealed(t, key, uint64(i+1), temp(float64(i)))
+		if i%10 == 5 {
+			payload[len(payload)-1] ^= 1 // a broken signature: refused before the store
+		}
+		wg.Add(1)
+		in.Submit(context.Background(), "dev1", &key.PublicKey, payload, func(r ingest.Result) {
+			mu.Lock()
+			got, errs = append(got, uint64(i+1)), append(errs, r.Err != nil)
+			mu.Unlock()
+			wg.Done()
+		})
+	}
+	mu.Lock()
+	early := len(got)
+	mu.Unlock()
+	if early != 0 {
+		t.Fatalf("%d results before any commit, want none: a refusal must wait for the messages before it", early)
+	}
+	close(gate)
+	wg.Wait()
+	for i, seq := range got {
+		if seq != uint64(i+1) {
+			t.Fatalf("result %d is of message %d, want results in submission order", i, seq)
+		}
+		if want := i%10 == 5; errs[i] != want {
+			t.Fatalf("message %d: refused %v, want %v", seq, errs[i], want)
+		}
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if store.readings != n-n/10 {
+		t.Fatalf("stored %d readings, want %d", store.readings, n-n/10)
+	}
+	if store.writes >= 10 {
+		t.Fatalf("%d commits for %d messages submitted in a row, want few", store.writes, n)
+	}
+}
+
+// TestSubmit_AfterClose answers at once, with a retry, a message submitted
+// after Close.
+func TestSubmit_AfterClose(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	in := ingest.New(ingest.Options{Telemetry: newMemStore()})
+	in.Start()
+	in.Close()
+	var res *ingest.Result
+	in.Submit(context.Background(), "dev1", &key.PublicKey, sealed(t, key, 1, temp(1)), func(r ingest.Result) { res = &r })
+	if res == nil || !res.Retry {
+		t.Fatalf("got %+v, want a retry at once", res)
+	}
+}
+
+// TestSubmit_MaxHeld checks that Submit waits while the messages held
+// reach MaxHeld, and goes on once their results are out.
+func TestSubmit_MaxHeld(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	store := newMemStore()
+	gate := make(chan struct{})
+	write := store.WriteMessagesFn
+	store.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
+		<-gate
+		return write(ctx, msgs)
+	}
+	in := ingest.New(ingest.Options{Telemetry: store, MaxHeld: 1}) // one message at a time
+	in.Start()
+	t.Cleanup(func() { in.Close() })
+	results := make(chan ingest.Result, 2)
+	in.Submit(context.Background(), "dev1", &key.PublicKey, sealed(t, key, 1, temp(1)), func(r ingest.Result) { results <- r })
+	second := make(chan struct{})
+	go func() {
+		in.Submit(context.Background(), "dev1", &key.PublicKey, sealed(t, key, 2, temp(2)), func(r ingest.Result) { results <- r })
+		close(second)
+	}()
+	select {
+	case <-second:
+		t.Fatal("second Submit returned while the first message was held and MaxHeld reached")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gate)
+	<-second
+	for range 2 {
+		if r := <-results; r.Err != nil || r.Status != pylon.WriteStored {
+			t.Fatalf("got %+v, want stored", r)
+		}
+	}
+}
