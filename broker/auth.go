@@ -134,7 +134,7 @@ func (b *Broker) authenticateDevice(cl *mqtt.Client, pk packets.Packet) error {
 	// Telemetry must be signed with the key of the certificate the device
 	// connected with: keep it for the telemetry hook.
 	if cert := peerCertificate(cl); cert != nil {
-		b.keys.set(cl.Net.Conn, cert.PublicKey)
+		b.conns.set(cl.Net.Conn, cert.PublicKey)
 	}
 	s.authorized(cl, seq)
 	return nil

@@ -82,7 +82,7 @@ type Broker struct {
 	metrics  *metrics
 	audit    *auditAggregator
 	sessions *sessions
-	keys     deviceKeys // certificate public key of each live device connection
+	conns    deviceConns // telemetry state of each live device connection, with its certificate key
 
 	// base is the parent of the contexts of store calls made from hooks,
 	// which mochi gives no context. Close cancels it last.
@@ -97,7 +97,7 @@ type Broker struct {
 	stopAudit chan struct{}
 
 	closing   atomic.Bool
-	wg        sync.WaitGroup // the audit flusher
+	wg        sync.WaitGroup // the audit flusher and the telemetry answer loops
 	closeOnce sync.Once
 }
 
@@ -364,7 +364,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			_ = c.Close()
 			return nil
 		}
-		defer l.b.keys.remove(c)
+		defer l.b.conns.remove(c)
 		if err := establish(id, c); err != nil {
 			l.b.log.Debug("mqtt connection ended", "listener", id, "remote", c.RemoteAddr().String(), "err", err)
 		}

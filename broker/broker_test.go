@@ -467,20 +467,13 @@ func TestDisconnectDevice_DuringConnect(t *testing.T) {
 func TestDisconnectDevice_MQTT311(t *testing.T) {
 	e := MustStart(t, nil)
 	id, cert := e.NewDevice()
-	conn, err := e.DialTLS(&cert, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if rc := v3Connect(t, conn, id); rc != 0 {
-		t.Fatalf("CONNACK: got %d, want 0", rc)
-	}
+	conn := e.mustConnectV3(t, cert, id)
 	waitFor(t, "online", func() bool { return e.store.Online(id) })
 	if err := e.b.DisconnectDevice(context.Background(), id, "revoked"); err != nil {
 		t.Fatal(err)
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
-	_, err = conn.Read(make([]byte, 1))
+	_, err := conn.Read(make([]byte, 1))
 	var ne net.Error
 	if err == nil || errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("read after DisconnectDevice: got %v, want the connection closed within 1s", err)

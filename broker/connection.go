@@ -230,10 +230,11 @@ func (b *Broker) endReason(s *session, cl *mqtt.Client, err error) string {
 		return "revoked: " + s.kickReason
 	}
 	cause := cl.StopCause()
+	dc := b.conns.get(cl.Net.Conn)
 	switch {
 	case errors.Is(cause, packets.ErrSessionTakenOver):
 		return "taken over"
-	case errors.Is(cause, packets.ErrServerUnavailable):
+	case errors.Is(cause, packets.ErrServerUnavailable), dc != nil && dc.unavailable.Load():
 		return "telemetry not stored; the device will resend"
 	case b.closing.Load() || errors.Is(cause, packets.ErrServerShuttingDown):
 		return "server shutting down"

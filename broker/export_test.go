@@ -4,6 +4,10 @@ package broker
 // stored, for tests that check it is cleaned up.
 func KeysHeld(b *Broker) int {
 	n := 0
-	b.keys.m.Range(func(_, _ any) bool { n++; return true })
+	b.conns.m.Range(func(_, _ any) bool { n++; return true })
 	return n
 }
+
+// ReceiveMaximum is how many telemetry messages of one connection the
+// broker holds unanswered.
+const ReceiveMaximum = receiveMaximum

@@ -577,6 +577,21 @@ func appendPacket(b []byte, header byte, body []byte) []byte {
 }
 
 // v3Connect sends a clean-session CONNECT and returns the CONNACK return code.
+// mustConnectV3 connects a device over TLS with an MQTT 3.1.1 CONNECT of
+// its own; the connection is closed at the end of the test.
+func (e *env) mustConnectV3(t *testing.T, cert tls.Certificate, id string) net.Conn {
+	t.Helper()
+	conn, err := e.DialTLS(&cert, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if rc := v3Connect(t, conn, id); rc != 0 {
+		t.Fatalf("CONNACK: got %d, want 0", rc)
+	}
+	return conn
+}
+
 func v3Connect(t *testing.T, conn net.Conn, clientID string) byte {
 	t.Helper()
 	body := appendString(nil, "MQTT")

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -17,10 +18,12 @@ import (
 )
 
 // Ingester stores telemetry messages; *ingest.Ingester implements it.
-// Ingest returns once the message is durably stored, refused (Result.Err)
-// or could not be stored now (Result.Retry).
+// Submit verifies and queues a message and returns; done is called once,
+// when the message is durably stored, refused (Result.Err) or could not be
+// stored now (Result.Retry), with a device's results in the order of its
+// messages. done must not block for long.
 type Ingester interface {
-	Ingest(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte) ingest.Result
+	Submit(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte, done func(ingest.Result))
 }
 
 var _ Ingester = (*ingest.Ingester)(nil)
@@ -51,22 +54,59 @@ type ErrorReport struct {
 	Time   string `json:"time"`   // RFC 3339, when the platform refused it
 }
 
-// deviceKeys holds the public key of the verified certificate of each live
-// device connection, keyed by the connection. The auth hook stores it at
-// CONNECT; the listener wrapper deletes it when mochi is done with the
-// connection, whatever the path that ended it.
-type deviceKeys struct{ m sync.Map } // net.Conn → crypto.PublicKey
+// deviceConns holds what the telemetry hook needs of each live device
+// connection, keyed by the connection. The auth hook adds it at CONNECT
+// with the public key of the verified certificate; the listener wrapper
+// removes it when mochi is done with the connection, whatever the path
+// that ended it.
+type deviceConns struct{ m sync.Map } // net.Conn → *deviceConn
 
-func (k *deviceKeys) set(c net.Conn, pub crypto.PublicKey) { k.m.Store(c, pub) }
-func (k *deviceKeys) remove(c net.Conn)                    { k.m.Delete(c) }
+// deviceConn is a live device connection, as the telemetry hook sees it.
+type deviceConn struct {
+	pub crypto.PublicKey // of the certificate the device connected with
 
-func (k *deviceKeys) get(c net.Conn) crypto.PublicKey {
+	// pending holds a token for each QoS 0/1 telemetry message between
+	// its Submit and its answer: at most receiveMaximum, after which the
+	// connection's read goroutine waits. answers queues the results to
+	// answer, in order; it never fills, as each holds a token.
+	pending chan struct{}
+	answers chan answer
+	start   sync.Once     // starts answerLoop on the first message
+	gone    chan struct{} // closed when the connection has ended
+
+	// unavailable is set when telemetryUnavailable ends the connection,
+	// before it does, so that the end's reason is known for sure.
+	unavailable atomic.Bool
+}
+
+// answer is a telemetry message and its ingest result.
+type answer struct {
+	pk  packets.Packet
+	res ingest.Result
+}
+
+func (k *deviceConns) set(c net.Conn, pub crypto.PublicKey) {
+	k.m.Store(c, &deviceConn{
+		pub:     pub,
+		pending: make(chan struct{}, receiveMaximum),
+		answers: make(chan answer, receiveMaximum),
+		gone:    make(chan struct{}),
+	})
+}
+
+func (k *deviceConns) remove(c net.Conn) {
+	if v, ok := k.m.LoadAndDelete(c); ok {
+		close(v.(*deviceConn).gone)
+	}
+}
+
+func (k *deviceConns) get(c net.Conn) *deviceConn {
 	if c == nil {
 		return nil
 	}
 	v, _ := k.m.Load(c)
-	pub, _ := v.(crypto.PublicKey)
-	return pub
+	dc, _ := v.(*deviceConn)
+	return dc
 }
 
 // telemetryHook hands each PUBLISH of a device to devices/{its id}/telemetry
@@ -74,8 +114,19 @@ func (k *deviceKeys) get(c net.Conn) crypto.PublicKey {
 //
 // mochi calls OnPublish on the client's read goroutine, after the ACL
 // check and before it writes the PUBACK (or PUBREC) and routes the message
-// (processPublish in server.go, v2.7.9). What mochi does with the error the
-// hook returns decides the rest:
+// (processPublish in server.go, v2.7.9).
+//
+// QoS 0 and 1: the hook submits the message and returns ErrRejectPacket at
+// once, so that mochi neither acknowledges nor routes it and reads the
+// connection's next packet while this one is verified and committed: a
+// device may have up to receiveMaximum messages in flight, and they share
+// commits. answerLoop, one per connection, then writes the PUBACK (QoS 1)
+// in the order the messages came [MQTT-4.6.0-2] and routes accepted
+// messages through the inline client; see answer.
+//
+// QoS 2 has a PUBREC/PUBREL/PUBCOMP flow that mochi keeps, so the hook waits
+// for the result and leaves the answer to mochi. What mochi does with the
+// error the hook returns decides the rest:
 //
 //   - nil: PUBACK 0x00 (PUBREC for QoS 2), retained if asked, routed to
 //     subscribers. So the PUBACK leaves only after Ingest returned, which
@@ -114,15 +165,27 @@ func (h *telemetryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.P
 		return pk, nil
 	}
 	b := h.b
-	pub := b.keys.get(cl.Net.Conn)
-	if pub == nil { // cannot happen: every device connection has its key
+	dc := b.conns.get(cl.Net.Conn)
+	if dc == nil { // cannot happen: every device connection has its key
 		b.log.Error("telemetry from a connection without a certificate key", "device", cl.ID)
 		b.telemetryUnavailable(cl)
 		return pk, packets.ErrRejectPacket
 	}
-	ctx, cancel := context.WithCancel(pylon.NewContextWithPrincipal(b.base, devicePrincipal(cl.ID)))
-	res := b.opts.Ingest.Ingest(ctx, cl.ID, pub, pk.Payload)
-	cancel()
+	ctx := pylon.NewContextWithPrincipal(b.base, devicePrincipal(cl.ID))
+	if pk.FixedHeader.Qos < 2 {
+		dc.pending <- struct{}{} // waits while receiveMaximum are in flight
+		dc.start.Do(func() {
+			b.wg.Add(1)
+			go b.answerLoop(cl, dc)
+		})
+		b.opts.Ingest.Submit(ctx, cl.ID, dc.pub, pk.Payload, func(res ingest.Result) {
+			dc.answers <- answer{pk, res}
+		})
+		return pk, packets.ErrRejectPacket
+	}
+	done := make(chan ingest.Result, 1)
+	b.opts.Ingest.Submit(ctx, cl.ID, dc.pub, pk.Payload, func(res ingest.Result) { done <- res })
+	res := <-done
 	switch {
 	case res.Retry:
 		b.telemetryUnavailable(cl)
@@ -133,12 +196,77 @@ func (h *telemetryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.P
 	return pk, nil
 }
 
-// telemetryRefused reports a refused message to the device and answers the
-// PUBLISH as the protocol version allows. It returns the error for mochi.
-func (b *Broker) telemetryRefused(cl *mqtt.Client, pk packets.Packet, res ingest.Result) error {
+// answerLoop answers the QoS 0 and 1 telemetry messages of a connection,
+// in order, until the connection has ended. Answers left then are of
+// stored messages: the device sends them again and they are acknowledged
+// as duplicates.
+func (b *Broker) answerLoop(cl *mqtt.Client, dc *deviceConn) {
+	defer b.wg.Done()
+	for {
+		select {
+		case a := <-dc.answers:
+			b.answer(cl, a.pk, a.res)
+			<-dc.pending
+		case <-dc.gone:
+			return
+		}
+	}
+}
+
+// answer answers a QoS 0 or 1 telemetry message as mochi would have, had
+// the hook returned (see telemetryHook): accepted → PUBACK 0x00 (QoS 1),
+// retained if asked and routed to subscribers through the inline client
+// (with the payload as sent, but not the PUBLISH's MQTT 5 properties);
+// refused → reported, and for QoS 1 a PUBACK with the reason code (MQTT
+// 5) or a normal one (MQTT 3.1.1); retry → the connection is closed.
+func (b *Broker) answer(cl *mqtt.Client, pk packets.Packet, res ingest.Result) {
+	code, text := ingest.ReasonSuccess, ""
+	switch {
+	case res.Retry:
+		b.telemetryUnavailable(cl)
+		return
+	case res.Err != nil:
+		text = b.reportRefused(cl, res)
+		if cl.Properties.ProtocolVersion == 5 {
+			code = res.Reason
+		} else {
+			text = ""
+		}
+	default:
+		if err := b.server.Publish(pk.TopicName, pk.Payload, pk.FixedHeader.Retain, pk.FixedHeader.Qos); err != nil {
+			b.log.Error("route telemetry", "device", cl.ID, "err", err)
+		}
+	}
+	if pk.FixedHeader.Qos == 0 {
+		return
+	}
+	ack := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Puback},
+		PacketID:    pk.PacketID,
+		ReasonCode:  code,
+		Properties:  packets.Properties{ReasonString: text},
+	}
+	if err := cl.WritePacket(ack); err != nil {
+		// A failed write may leave TLS broken: end the connection, so that
+		// the device reconnects and resends what it has not seen acked.
+		b.log.Debug("write telemetry puback", "device", cl.ID, "err", err)
+		cl.Stop(err)
+	}
+}
+
+// reportRefused counts a refused message and reports it on the device's
+// errors topic. It returns the reason, for a PUBACK.
+func (b *Broker) reportRefused(cl *mqtt.Client, res ingest.Result) string {
 	reason := truncate(pylon.ErrorMessage(res.Err), maxErrorReasonLen)
 	b.metrics.telemetryRefused.WithLabelValues(res.Code()).Inc()
 	b.publishError(cl.ID, ErrorReport{Seq: res.Seq, Code: res.Code(), Reason: reason, Time: b.now().UTC().Format(time.RFC3339)})
+	return reason
+}
+
+// telemetryRefused reports a refused message to the device and answers the
+// PUBLISH as the protocol version allows. It returns the error for mochi.
+func (b *Broker) telemetryRefused(cl *mqtt.Client, pk packets.Packet, res ingest.Result) error {
+	reason := b.reportRefused(cl, res)
 	if pk.FixedHeader.Qos == 0 {
 		return packets.ErrRejectPacket
 	}
@@ -183,6 +311,9 @@ func (b *Broker) publishError(id string, r ErrorReport) {
 func (b *Broker) telemetryUnavailable(cl *mqtt.Client) {
 	b.metrics.telemetryDisconnects.Inc()
 	b.log.Warn("device disconnected: telemetry could not be stored, the device will resend", "device", cl.ID)
+	if dc := b.conns.get(cl.Net.Conn); dc != nil {
+		dc.unavailable.Store(true)
+	}
 	conn := cl.Net.Conn
 	if conn == nil {
 		cl.Stop(packets.ErrServerUnavailable)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ import (
 	"github.com/pylonhq/pylon/ingest"
 )
 
-// fakeIngester answers Ingest with fn and records the calls.
+// fakeIngester answers Submit with fn, at once, and records the calls.
 type fakeIngester struct {
 	mu    sync.Mutex
 	fn    func(payload []byte) ingest.Result
@@ -32,12 +33,12 @@ type ingestCall struct {
 	payload string
 }
 
-func (f *fakeIngester) Ingest(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte) ingest.Result {
+func (f *fakeIngester) Submit(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte, done func(ingest.Result)) {
 	f.mu.Lock()
 	f.calls = append(f.calls, ingestCall{deviceID, pub, string(payload)})
 	fn := f.fn
 	f.mu.Unlock()
-	return fn(payload)
+	done(fn(payload))
 }
 
 func (f *fakeIngester) Calls() []ingestCall {
@@ -249,14 +250,7 @@ func TestTelemetry_RefusedMQTT311(t *testing.T) {
 	e, _ := MustStartIngest(t, refuseWith(ingest.ReasonPayloadInvalid, pylon.EINVALID, "senml: pack: no records"))
 	in := e.integration(t)
 	id, cert := e.NewDevice()
-	conn, err := e.DialTLS(&cert, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if rc := v3Connect(t, conn, id); rc != 0 {
-		t.Fatalf("CONNACK: got %d, want 0", rc)
-	}
+	conn := e.mustConnectV3(t, cert, id)
 	if rc := v3Subscribe(t, conn, 1, broker.ErrorsTopic(id)); rc != 1 {
 		t.Fatalf("SUBACK: got 0x%02x, want 0x01", rc)
 	}
@@ -342,14 +336,7 @@ func TestTelemetry_RetryDisconnectsWithoutAck(t *testing.T) {
 func TestTelemetry_RetryMQTT311ClosesConnection(t *testing.T) {
 	e, _ := MustStartIngest(t, retry)
 	id, cert := e.NewDevice()
-	conn, err := e.DialTLS(&cert, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if rc := v3Connect(t, conn, id); rc != 0 {
-		t.Fatalf("CONNACK: got %d, want 0", rc)
-	}
+	conn := e.mustConnectV3(t, cert, id)
 	v3Publish(t, conn, broker.TelemetryTopic(id), []byte("m"))
 	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	b := make([]byte, 1)
@@ -386,6 +373,109 @@ func TestTelemetry_WillTopicsRefused(t *testing.T) {
 		})
 		if err == nil || ack == nil || ack.ReasonCode != 0x87 {
 			t.Errorf("will on %s: got err=%v ack=%+v, want CONNACK 0x87", topic, err, ack)
+		}
+	}
+}
+
+// heldIngester holds every Submit's callback until the test answers it.
+type heldIngester struct {
+	mu    sync.Mutex
+	dones []func(ingest.Result)
+}
+
+func (h *heldIngester) Submit(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte, done func(ingest.Result)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.dones = append(h.dones, done)
+}
+
+func (h *heldIngester) held() []func(ingest.Result) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.dones)
+}
+
+// TestTelemetry_Pipelined checks that a device's QoS 1 messages are all
+// handed to the ingester before the first is answered (the connection's
+// read goroutine does not wait for commits), and that the PUBACKs come
+// in the order of the PUBLISHes [MQTT-4.6.0-2], refusals included (MQTT
+// 3.1.1: a normal PUBACK).
+func TestTelemetry_Pipelined(t *testing.T) {
+	ing := &heldIngester{}
+	e := MustStart(t, func(o *broker.Options, _ *fakeStore) { o.Ingest = ing })
+	id, cert := e.NewDevice()
+	conn := e.mustConnectV3(t, cert, id)
+	const n = 5
+	for pid := 1; pid <= n; pid++ {
+		body := append(appendString(nil, broker.TelemetryTopic(id)), 0, byte(pid))
+		if _, err := conn.Write(appendPacket(nil, 0x32, append(body, 'm'))); err != nil {
+			t.Fatalf("write PUBLISH: %v", err)
+		}
+	}
+	waitFor(t, "every message submitted before any answer", func() bool { return len(ing.held()) == n })
+	r := bufio.NewReader(conn)
+	_ = conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := r.ReadByte(); err == nil {
+		t.Fatal("got a packet before any message was answered, want none")
+	}
+	// Answer in order (the ingester's promise), the third refused.
+	for i, done := range ing.held() {
+		res := accept(nil)
+		if i == 2 {
+			res = refuseWith(ingest.ReasonPayloadInvalid, pylon.EINVALID, "senml: bad")(nil)
+		}
+		done(res)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for pid := 1; pid <= n; pid++ {
+		h, body := v3Packet(t, r)
+		if h&0xf0 != 0x40 || len(body) != 2 || int(body[1]) != pid {
+			t.Fatalf("packet %d: got 0x%02x % x, want the PUBACK of packet id %d", pid, h, body, pid)
+		}
+	}
+}
+
+// TestTelemetry_InFlightBounded checks that a device that sends more
+// telemetry than the Receive Maximum without waiting for PUBACKs gets no
+// more than that many messages into the platform's hands, is not
+// disconnected, and has every message answered once earlier ones are.
+func TestTelemetry_InFlightBounded(t *testing.T) {
+	ing := &heldIngester{}
+	e := MustStart(t, func(o *broker.Options, _ *fakeStore) { o.Ingest = ing })
+	id, cert := e.NewDevice()
+	conn := e.mustConnectV3(t, cert, id)
+	n := broker.ReceiveMaximum + 10
+	go func() {
+		for pid := 1; pid <= n; pid++ {
+			body := append(appendString(nil, broker.TelemetryTopic(id)), byte(pid>>8), byte(pid))
+			if _, err := conn.Write(appendPacket(nil, 0x32, append(body, 'm'))); err != nil {
+				return
+			}
+		}
+	}()
+	waitFor(t, "the Receive Maximum held", func() bool { return len(ing.held()) == broker.ReceiveMaximum })
+	time.Sleep(100 * time.Millisecond)
+	if got := len(ing.held()); got != broker.ReceiveMaximum {
+		t.Fatalf("%d messages submitted with none answered, want at most %d", got, broker.ReceiveMaximum)
+	}
+	answered := 0
+	for answered < n {
+		dones := ing.held()
+		if len(dones) == answered {
+			waitFor(t, "the next messages submitted", func() bool { return len(ing.held()) > answered })
+			continue
+		}
+		for _, done := range dones[answered:] {
+			done(accept(nil))
+		}
+		answered = len(dones)
+	}
+	r := bufio.NewReader(conn)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for pid := 1; pid <= n; pid++ {
+		h, body := v3Packet(t, r)
+		if h&0xf0 != 0x40 || len(body) != 2 || int(body[0])<<8|int(body[1]) != pid {
+			t.Fatalf("packet %d: got 0x%02x % x, want the PUBACK of packet id %d", pid, h, body, pid)
 		}
 	}
 }
