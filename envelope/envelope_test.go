@@ -438,3 +438,58 @@ func TestDeterministicEd25519(t *testing.T) {
 		t.Errorf("two seals differ:\n%x\n%x", a, b)
 	}
 }
+
+// algVerifier is a cose.Verifier that says it checks alg and records what
+// it was asked.
+type algVerifier struct {
+	alg   cose.Algorithm
+	calls *int
+	inner cose.Verifier
+}
+
+func (v algVerifier) Algorithm() cose.Algorithm { return v.alg }
+func (v algVerifier) Verify(content, sig []byte) error {
+	*v.calls++
+	return v.inner.Verify(content, sig)
+}
+
+// TestOpener checks that Opener uses its verifier, asks for it with the
+// algorithm of the device's key, and refuses a verifier of another
+// algorithm or none.
+func TestOpener(t *testing.T) {
+	msg := mustSeal(t, edKey, 7, single(t), envelope.SealOptions{})
+	pub := edKey.Public()
+	inner, err := cose.NewVerifier(cose.AlgorithmEdDSA, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	var asked []cose.Algorithm
+	o := envelope.Opener{NewVerifier: func(alg cose.Algorithm, k crypto.PublicKey) (cose.Verifier, error) {
+		asked = append(asked, alg)
+		return algVerifier{alg, &calls, inner}, nil
+	}}
+	m, err := o.Open(msg, pub)
+	if err != nil || m.Seq != 7 {
+		t.Fatalf("got %v, %v", m, err)
+	}
+	if calls != 1 || len(asked) != 1 || asked[0] != cose.AlgorithmEdDSA {
+		t.Fatalf("verifier called %d times, asked for %v", calls, asked)
+	}
+	if _, err := o.Open(flip(msg, len(msg)-1), pub); !errors.Is(err, envelope.ErrBadSignature) {
+		t.Fatalf("damaged signature: got %v, want ErrBadSignature", err)
+	}
+
+	for name, nv := range map[string]func(cose.Algorithm, crypto.PublicKey) (cose.Verifier, error){
+		"another algorithm": func(cose.Algorithm, crypto.PublicKey) (cose.Verifier, error) {
+			return algVerifier{cose.AlgorithmES256, &calls, inner}, nil
+		},
+		"error":       func(cose.Algorithm, crypto.PublicKey) (cose.Verifier, error) { return nil, errors.New("no") },
+		"no verifier": func(cose.Algorithm, crypto.PublicKey) (cose.Verifier, error) { return nil, nil },
+	} {
+		calls = 0
+		if _, err := (envelope.Opener{NewVerifier: nv}).Open(msg, pub); !errors.Is(err, envelope.ErrBadSignature) || calls != 0 {
+			t.Errorf("%s: got %v after %d verifications, want ErrBadSignature and none", name, err, calls)
+		}
+	}
+}

@@ -1,0 +1,203 @@
+package ed25519voi_test
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/pylonhq/pylon/ed25519voi"
+	"github.com/pylonhq/pylon/envelope"
+	"github.com/veraison/go-cose"
+)
+
+// mustVerifier returns the verifier of pub.
+func mustVerifier(t *testing.T, pub ed25519.PublicKey) cose.Verifier {
+	t.Helper()
+	v, err := ed25519voi.NewVerifier(cose.AlgorithmEdDSA, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Algorithm() != cose.AlgorithmEdDSA {
+		t.Fatalf("got algorithm %v, want EdDSA", v.Algorithm())
+	}
+	return v
+}
+
+// agree checks that the verifier and crypto/ed25519 give the same answer,
+// and returns it.
+func agree(t *testing.T, what string, pub ed25519.PublicKey, msg, sig []byte) bool {
+	t.Helper()
+	want := ed25519.Verify(pub, msg, sig)
+	err := mustVerifier(t, pub).Verify(msg, sig)
+	if got := err == nil; got != want {
+		t.Errorf("%s: curve25519-voi says %v (%v), crypto/ed25519 says %v", what, got, err, want)
+	}
+	if err != nil && !errors.Is(err, cose.ErrVerification) {
+		t.Errorf("%s: got error %v, want cose.ErrVerification", what, err)
+	}
+	return want
+}
+
+// TestVerify_Speccheck runs the edge cases of "Taming the many EdDSAs"
+// (Chalkias, Garillot, Nikolaenko; small-order and mixed-order points,
+// cofactored equations, non-canonical encodings), from
+// github.com/novifinancial/ed25519-speccheck scripts/cases.json.
+func TestVerify_Speccheck(t *testing.T) {
+	b, err := os.ReadFile("testdata/speccheck_cases.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []struct {
+		Message   string `json:"message"`
+		PublicKey string `json:"pub_key"`
+		Signature string `json:"signature"`
+	}
+	if err := json.Unmarshal(b, &cases); err != nil {
+		t.Fatal(err)
+	}
+	if len(cases) != 12 {
+		t.Fatalf("got %d cases, want 12", len(cases))
+	}
+	accepted := 0
+	for i, c := range cases {
+		msg, _ := hex.DecodeString(c.Message)
+		pub, _ := hex.DecodeString(c.PublicKey)
+		sig, _ := hex.DecodeString(c.Signature)
+		if len(pub) != ed25519.PublicKeySize || len(sig) != ed25519.SignatureSize {
+			t.Fatalf("case %d: bad lengths", i)
+		}
+		if agree(t, fmt.Sprint("case ", i), pub, msg, sig) {
+			accepted++
+		}
+	}
+	// The standard library accepts some of these (cofactorless, small
+	// order allowed) and refuses others; both kinds must be exercised.
+	if accepted == 0 || accepted == len(cases) {
+		t.Fatalf("crypto/ed25519 accepted %d of %d cases: the vectors do not tell accept from refuse", accepted, len(cases))
+	}
+}
+
+// TestVerify_Corrupted checks valid signatures and every kind of damage.
+func TestVerify_Corrupted(t *testing.T) {
+	for i := range 50 {
+		pub, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := make([]byte, 1+i*7)
+		rand.Read(msg)
+		sig := ed25519.Sign(priv, msg)
+		if !agree(t, "valid", pub, msg, sig) {
+			t.Fatal("a valid signature does not verify")
+		}
+		flip := func(b []byte, bit int) []byte {
+			c := append([]byte(nil), b...)
+			c[bit/8] ^= 1 << (bit % 8)
+			return c
+		}
+		if agree(t, "signature bit", pub, msg, flip(sig, i*10%512)) {
+			t.Fatal("a damaged signature verifies")
+		}
+		if agree(t, "message bit", pub, flip(msg, i%(len(msg)*8)), sig) {
+			t.Fatal("a damaged message verifies")
+		}
+		other, _, _ := ed25519.GenerateKey(rand.Reader)
+		if agree(t, "another key", other, msg, sig) {
+			t.Fatal("another key verifies")
+		}
+		// S + L: the same signature with a non-canonical S.
+		nc := append([]byte(nil), sig...)
+		addL(nc[32:])
+		agree(t, "S+L", pub, msg, nc)
+		for _, n := range []int{0, 63, 65} {
+			short := make([]byte, n)
+			copy(short, sig)
+			if agree(t, "length", pub, msg, short) {
+				t.Fatalf("a signature of %d bytes verifies", n)
+			}
+		}
+	}
+}
+
+// addL adds the group order L to the little-endian scalar s, ignoring a
+// carry out of its 256 bits.
+func addL(s []byte) {
+	l := []byte{0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10}
+	carry := 0
+	for i := range s {
+		v := int(s[i]) + int(l[i]) + carry
+		s[i], carry = byte(v), v>>8
+	}
+}
+
+func TestNewVerifier_OtherAlgorithms(t *testing.T) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ed25519voi.NewVerifier(cose.AlgorithmES256, &k.PublicKey)
+	if err != nil || v.Algorithm() != cose.AlgorithmES256 {
+		t.Fatalf("ES256: got %v, %v", v, err)
+	}
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	if _, err := ed25519voi.NewVerifier(cose.AlgorithmES256, pub); err == nil {
+		t.Fatal("ES256 with an Ed25519 key: no error")
+	}
+	if _, err := ed25519voi.NewVerifier(cose.AlgorithmEdDSA, pub[:31]); err == nil {
+		t.Fatal("a 31-byte key: no error")
+	}
+}
+
+func BenchmarkVerify(b *testing.B) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	msg := make([]byte, 100)
+	sig := ed25519.Sign(priv, msg)
+	v, _ := ed25519voi.NewVerifier(cose.AlgorithmEdDSA, pub)
+	b.Run("curve25519-voi", func(b *testing.B) {
+		for b.Loop() {
+			if err := v.Verify(msg, sig); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("crypto-ed25519", func(b *testing.B) {
+		for b.Loop() {
+			if !ed25519.Verify(pub, msg, sig) {
+				b.Fatal("does not verify")
+			}
+		}
+	})
+}
+
+// BenchmarkOpen opens a signed single reading (the SenML of docs/protocol.md's
+// first test vector) as the ingest path does, and as envelope.Open does.
+func BenchmarkOpen(b *testing.B) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	pack, _ := hex.DecodeString("81a3006474656d70016343656c02f94d64") // [{0:"temp",1:"Cel",2:21.5625}]
+	msg, err := envelope.Seal(priv, 1, pack, envelope.SealOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pub := priv.Public()
+	for name, open := range map[string]func([]byte, crypto.PublicKey) (*envelope.Message, error){
+		"curve25519-voi": envelope.Opener{NewVerifier: ed25519voi.NewVerifier}.Open,
+		"go-cose":        envelope.Open,
+	} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := open(msg, pub); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
