@@ -203,7 +203,7 @@ func (b *Broker) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen mqtt tls: %w", err)
 	}
-	tlsLn := tls.NewListener(retryListener{Listener: raw, log: b.log}, &tls.Config{
+	tlsLn := tls.NewListener(corkListener{retryListener{Listener: raw, log: b.log}}, &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{b.opts.Certificate},
 		ClientAuth:   tls.RequireAndVerifyClientCert,

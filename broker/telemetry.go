@@ -200,13 +200,33 @@ func (h *telemetryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.P
 // in order, until the connection has ended. Answers left then are of
 // stored messages: the device sends them again and they are acknowledged
 // as duplicates.
+//
+// The answers at hand are written as one: the connection is corked while
+// they are answered, so that the PUBACKs of messages one commit completed
+// leave in one write.
 func (b *Broker) answerLoop(cl *mqtt.Client, dc *deviceConn) {
 	defer b.wg.Done()
+	cc := corkOf(cl.Net.Conn)
 	for {
 		select {
 		case a := <-dc.answers:
+			cc.cork()
 			b.answer(cl, a.pk, a.res)
 			<-dc.pending
+			for more := true; more; {
+				select {
+				case a := <-dc.answers:
+					b.answer(cl, a.pk, a.res)
+					<-dc.pending
+				default:
+					more = false
+				}
+			}
+			if err := cc.uncork(); err != nil {
+				// As for a failed PUBACK write in answer.
+				b.log.Debug("write telemetry pubacks", "device", cl.ID, "err", err)
+				cl.Stop(err)
+			}
 		case <-dc.gone:
 			return
 		}

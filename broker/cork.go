@@ -1,0 +1,130 @@
+package broker
+
+import (
+	"crypto/tls"
+	"net"
+	"time"
+)
+
+const (
+	// maxCorked is the most a corked connection holds before it writes
+	// anyway.
+	maxCorked = 64 << 10
+
+	// keptCorked is the most buffer a connection keeps between corks: the
+	// PUBACKs of a Receive Maximum of messages fit.
+	keptCorked = 4 << 10
+)
+
+// corkConn is a device's TCP connection, under TLS, whose writes can be
+// held back and sent as one. answerLoop corks it while it answers the
+// messages one commit completed, so that their PUBACKs leave in one write
+// (one system call, one TCP segment) rather than one each. What else is
+// written meanwhile (mochi's own packets) is held with them, in order, and
+// Close writes what is held before it closes, so that a DISCONNECT written
+// just before is not lost.
+type corkConn struct {
+	net.Conn
+
+	// lock, a channel so that Close can give up waiting, guards corked
+	// and buf and is held during writes to Conn: they come in order.
+	lock   chan struct{}
+	corked bool
+	buf    []byte
+}
+
+func newCorkConn(c net.Conn) *corkConn {
+	return &corkConn{Conn: c, lock: make(chan struct{}, 1)}
+}
+
+func (c *corkConn) acquire() { c.lock <- struct{}{} }
+func (c *corkConn) release() { <-c.lock }
+
+// Write implements net.Conn: held while corked, else written at once.
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.acquire()
+	defer c.release()
+	if c.corked && len(c.buf)+len(p) <= maxCorked {
+		c.buf = append(c.buf, p...)
+		return len(p), nil
+	}
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// Close implements net.Conn: it writes what is held, unless a write blocks
+// (a peer that does not read) for kickWriteTimeout, and closes.
+func (c *corkConn) Close() error {
+	t := time.NewTimer(kickWriteTimeout)
+	defer t.Stop()
+	select {
+	case c.lock <- struct{}{}:
+		c.corked = false
+		if len(c.buf) > 0 {
+			_ = c.Conn.SetWriteDeadline(time.Now().Add(kickWriteTimeout))
+			_ = c.flushLocked()
+		}
+		c.release()
+	case <-t.C:
+		// A write holds the lock and is stuck: closing ends it.
+	}
+	return c.Conn.Close()
+}
+
+// cork holds writes back until uncork. Nil corks nothing.
+func (c *corkConn) cork() {
+	if c == nil {
+		return
+	}
+	c.acquire()
+	c.corked = true
+	c.release()
+}
+
+// uncork writes what was held back, and later writes at once. An error
+// means the connection is broken: what was held may be lost.
+func (c *corkConn) uncork() error {
+	if c == nil {
+		return nil
+	}
+	c.acquire()
+	defer c.release()
+	c.corked = false
+	return c.flushLocked()
+}
+
+func (c *corkConn) flushLocked() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	if cap(c.buf) > keptCorked {
+		c.buf = nil // a rare large write: do not keep its memory per connection
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return err
+}
+
+// corkOf returns the corkConn under a device connection, or nil.
+func corkOf(c net.Conn) *corkConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		cc, _ := tc.NetConn().(*corkConn)
+		return cc
+	}
+	return nil
+}
+
+// corkListener wraps each connection it accepts in a corkConn.
+type corkListener struct{ net.Listener }
+
+// Accept implements net.Listener.
+func (l corkListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return newCorkConn(c), nil
+}
