@@ -201,8 +201,9 @@ type DeviceService interface {
 	// UpdateDevice applies upd. Returns ENOTFOUND, EINVALID, ECONFLICT.
 	UpdateDevice(ctx context.Context, id string, upd DeviceUpdate) (*Device, error)
 
-	// DeleteDevice removes the device, its certificates and tokens.
-	// Returns ENOTFOUND.
+	// DeleteDevice removes the device and its tokens. Its certificates
+	// are revoked and kept, so that they stay on the CRL until they
+	// expire. Returns ENOTFOUND.
 	DeleteDevice(ctx context.Context, id string) error
 
 	// TransitionDevice moves the device to state next. Decommissioning

@@ -374,8 +374,9 @@ func (s *DeviceService) UpdateDevice(ctx context.Context, id string, upd pylon.D
 	return d, nil
 }
 
-// DeleteDevice removes the device with its labels, certificates,
-// enrollment tokens and connection history. Returns ENOTFOUND.
+// DeleteDevice removes the device with its labels, enrollment tokens and
+// connection history. Its certificates are revoked ("device deleted") and
+// kept, so that they stay on the CRL until they expire. Returns ENOTFOUND.
 func (s *DeviceService) DeleteDevice(ctx context.Context, id string) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -385,6 +386,9 @@ func (s *DeviceService) DeleteDevice(ctx context.Context, id string) error {
 
 	d, seq, err := findDevice(ctx, tx, id)
 	if err != nil {
+		return err
+	}
+	if err := revokeDeviceCertificates(ctx, tx, d.ID, revokeReasonDeleted); err != nil {
 		return err
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE seq = ?`, seq); err != nil {

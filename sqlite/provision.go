@@ -25,6 +25,7 @@ const (
 	reasonDecommissioned  = "decommissioned"
 	reasonSuperseded      = "superseded"
 	defaultRevokeReason   = "unspecified"
+	revokeReasonDeleted   = "device deleted"
 	errInvalidEnrollToken = "invalid or expired enrollment token"
 )
 

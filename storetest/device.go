@@ -469,7 +469,7 @@ func testDecommissionRevokes(t *testing.T, s Stores) {
 	wantCode(t, err, pylon.EUNAUTHORIZED)
 }
 
-func testDeleteDeviceCascades(t *testing.T, s Stores) {
+func testDeleteDeviceRevokesCertificates(t *testing.T, s Stores) {
 	is := newIssuer(T0)
 	d, c := enrolledDevice(t, s, "short-lived", is)
 	tokID, _ := createEnrollToken(t, s, &pylon.EnrollmentToken{DeviceID: d.ID, Uses: 1})
@@ -479,15 +479,33 @@ func testDeleteDeviceCascades(t *testing.T, s Stores) {
 	if err := s.Devices.DeleteDevice(adminCtx(), d.ID); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
-	_, err := s.Certs.FindCertificateBySerial(adminCtx(), c.Serial)
-	wantCode(t, err, pylon.ENOTFOUND)
-	_, err = s.EnrollTokens.FindEnrollmentTokenByID(adminCtx(), tokID)
+	_, err := s.EnrollTokens.FindEnrollmentTokenByID(adminCtx(), tokID)
 	wantCode(t, err, pylon.ENOTFOUND)
 	_, err = s.Devices.FindConnections(adminCtx(), d.ID, 10)
 	wantCode(t, err, pylon.ENOTFOUND)
-	if certs, err := s.Certs.FindCertificates(adminCtx(), pylon.CertificateFilter{DeviceID: &d.ID}); err != nil || len(certs) != 0 {
-		t.Fatalf("got %d certificates of deleted device (err %v), want 0", len(certs), err)
+
+	// The certificate outlives the device, revoked: it stays on the CRL
+	// until it expires, so that an external broker refuses it too.
+	got, err := s.Certs.FindCertificateBySerial(adminCtx(), c.Serial)
+	if err != nil {
+		t.Fatalf("find the deleted device's certificate: %v", err)
 	}
+	if got.Status != pylon.CertRevoked || got.Reason != "device deleted" || got.RevokedAt == nil || got.DeviceID != d.ID {
+		t.Fatalf("got certificate %s, reason %q, revoked at %v, device %s; want revoked for the deleted device %s", got.Status, got.Reason, got.RevokedAt, got.DeviceID, d.ID)
+	}
+	revoked, err := s.Certs.FindRevokedCertificates(adminCtx(), T0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(serials(revoked), c.Serial) {
+		t.Fatalf("the deleted device's certificate %s is not among the revoked %v", c.Serial, serials(revoked))
+	}
+	_, err = s.Certs.AuthorizeConnection(adminCtx(), d.ID, c.Serial, T0)
+	wantCode(t, err, pylon.EUNAUTHORIZED)
+	if rs := auditFor(t, s, "certificate:"+c.Serial); rs[len(rs)-1].Action != pylon.ActionCertRevoke {
+		t.Fatalf("got last certificate action %s, want %s", rs[len(rs)-1].Action, pylon.ActionCertRevoke)
+	}
+
 	// The audit log keeps the device's history.
 	recs := auditFor(t, s, "device:"+d.ID)
 	if last := recs[len(recs)-1]; last.Action != pylon.ActionDeviceDelete {

@@ -62,7 +62,7 @@ func Run(t *testing.T, open func(t *testing.T) Stores) {
 		{"FindDevicesBadCursor", testFindDevicesBadCursor},
 		{"Transitions", testTransitions},
 		{"DecommissionRevokesCertificates", testDecommissionRevokes},
-		{"DeleteDeviceCascades", testDeleteDeviceCascades},
+		{"DeleteDeviceRevokesCertificates", testDeleteDeviceRevokesCertificates},
 		{"Connections", testConnections},
 		{"ConnectionPruning", testConnectionPruning},
 		{"ResetConnections", testResetConnections},

@@ -242,6 +242,19 @@ func TestBinary_ShellDeviceEnrollRenewPublish(t *testing.T) {
 		t.Fatalf("CRL does not list %s:\n%s", serial, crl)
 	}
 
+	// Delete a device with a valid certificate: the certificate stays on
+	// the CRL, for external brokers.
+	var dev2 struct{ ID string }
+	mustJSON(t, s.sh(t, `$PYLON devices create shell-2 -o json`), &dev2)
+	mustJSON(t, s.sh(t, `$PYLON tokens create --device `+dev2.ID+` -o json`), &tok)
+	s.sh(t, `"$EXAMPLES/shell/enroll.sh" "$API" "$PYLON_CA" '`+tok.Token+`' dev3`)
+	serial2 := strings.TrimPrefix(strings.TrimSpace(s.sh(t, `openssl x509 -in dev3/device.crt -noout -serial`)), "serial=")
+	s.sh(t, `$PYLON devices delete `+dev2.ID)
+	crl = s.sh(t, `curl -sS --cacert "$PYLON_CA" "$API/api/v1/ca/crl" | openssl crl -inform DER -noout -text`)
+	if !strings.Contains(crl, strings.TrimLeft(serial2, "0")) {
+		t.Fatalf("CRL does not list %s of the deleted device:\n%s", serial2, crl)
+	}
+
 	// The audit chain holds and the CLI says so.
 	if out := s.sh(t, `$PYLON audit verify`); !strings.Contains(out, "OK") {
 		t.Fatalf("audit verify: %s", out)
