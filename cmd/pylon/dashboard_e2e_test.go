@@ -55,6 +55,11 @@ func MustOpenBrowser(t testing.TB, baseURL string) *Browser {
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Fatalf("the dashboard browser tests need Chromium at %s (%v): run scripts/test-deps.sh", chromiumPath, err)
 	}
+	// Without the chart library the binary serves pages without charts,
+	// and the tests would time out waiting for them.
+	if _, err := os.Stat(filepath.Join("..", "..", "dashboard", "static", "vendor", "uPlot.iife.min.js")); err != nil {
+		t.Fatalf("the dashboard browser tests need the chart library (%v): run bash dashboard/build-assets.sh (scripts/test.sh does)", err)
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath),
 		chromedp.UserDataDir(t.TempDir()),
