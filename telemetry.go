@@ -95,6 +95,14 @@ type QuarantinedMessage struct {
 	DeviceID string    `json:"device_id"`
 	Received time.Time `json:"received"`
 	Reason   string    `json:"reason"` // what was wrong, as sent to the device
+	// Code is the kind of error, as in the device's error report:
+	// "invalid", "unauthorized" or "too_large" ("" for messages
+	// quarantined before codes were kept).
+	Code string `json:"code"`
+	// Seq is the message's sequence number; 0 when it is not known, and
+	// always 0 for a message whose signature did not verify (an
+	// unverified number means nothing).
+	Seq uint64 `json:"seq,omitempty"`
 	// Payload is the message as received, cut to its first
 	// MaxQuarantinePayload bytes.
 	Payload []byte `json:"payload"`

@@ -396,7 +396,8 @@ func (in *Ingester) refuse(deviceID string, seq uint64, payload []byte, now time
 	if in.limiter.allow(deviceID, now) {
 		in.log.Warn("telemetry refused", "device", deviceID, "seq", seq, "reason", msg)
 	}
-	q := &pylon.QuarantinedMessage{DeviceID: deviceID, Received: now, Reason: msg, Payload: payload}
+	res := Result{Reason: reason, Seq: seq, Err: pylon.Errorf(pylon.ErrorCode(err), "%s", msg)}
+	q := &pylon.QuarantinedMessage{DeviceID: deviceID, Received: now, Reason: msg, Code: res.Code(), Seq: seq, Payload: payload}
 	select {
 	case in.quar <- q:
 	default:
@@ -405,7 +406,7 @@ func (in *Ingester) refuse(deviceID string, seq uint64, payload []byte, now time
 	if in.opts.Events != nil {
 		in.opts.Events.PublishEvent(pylon.Event{Type: pylon.EventRejected, DeviceID: deviceID, Time: now, Reason: msg})
 	}
-	return Result{Reason: reason, Seq: seq, Err: pylon.Errorf(pylon.ErrorCode(err), "%s", msg)}
+	return res
 }
 
 // retry reports a message that could not be stored now.

@@ -146,7 +146,25 @@ func TestIngest(t *testing.T) {
 		store.mu.Lock()
 	}
 	if len(store.quarantine) != 6 {
-		t.Errorf("quarantined: got %d, want 6", len(store.quarantine))
+		t.Fatalf("quarantined: got %d, want 6", len(store.quarantine))
+	}
+	// Each kept with its code, and its sequence number only where the
+	// signature verified.
+	want := []struct {
+		code string
+		seq  uint64
+	}{
+		{ingest.CodeUnauthorized, 10000 - pylon.ReplayWindow - 1}, // replay: signed, so its number is known
+		{ingest.CodeUnauthorized, 0},                              // another device's key
+		{ingest.CodeUnauthorized, 0},                              // algorithm confusion
+		{ingest.CodeInvalid, 0},                                   // garbage
+		{ingest.CodeInvalid, 10003},                               // unknown unit
+		{ingest.CodeTooLarge, 0},
+	}
+	for i, w := range want {
+		if q := store.quarantine[i]; q.Code != w.code || q.Seq != w.seq || q.DeviceID != "dev1" || q.Reason == "" {
+			t.Errorf("quarantined %d: got code %q seq %d device %q reason %q, want code %q seq %d", i, q.Code, q.Seq, q.DeviceID, q.Reason, w.code, w.seq)
+		}
 	}
 }
 

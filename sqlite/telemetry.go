@@ -26,6 +26,7 @@ const (
 	maxBuckets             = 100_000
 	maxUnitLen             = 32 // no SenML unit is longer than 16 bytes
 	maxQuarantineReason    = 1024
+	maxQuarantineCode      = 64
 	defaultQuarantineLimit = 100
 	maxQuarantineLimit     = 1000
 
@@ -1106,7 +1107,7 @@ func truncateUTF8(s string, n int) string {
 }
 
 // QuarantineMessage keeps a refused message of an existing device: its
-// reason cut to 1 KiB and its payload to 64 KiB. It sets m.ID, and
+// reason cut to 1 KiB, its code to 64 bytes and its payload to 64 KiB. It sets m.ID, and
 // m.Received to now if zero. Only the newest pylon.MaxQuarantine messages
 // are kept; older ones are deleted. Returns EINVALID without a device ID,
 // ENOTFOUND for an unknown device.
@@ -1134,8 +1135,9 @@ func (s *TelemetryService) QuarantineMessage(ctx context.Context, m *pylon.Quara
 	}
 	reason := truncateUTF8(m.Reason, maxQuarantineReason)
 	var id int64
-	err = tx.Tx.QueryRowContext(ctx, `INSERT INTO quarantine (device_id, received, reason, payload) VALUES (?, ?, ?, ?) RETURNING id`,
-		m.DeviceID, nanos(received), reason, payload).Scan(&id)
+	code := truncateUTF8(m.Code, maxQuarantineCode)
+	err = tx.Tx.QueryRowContext(ctx, `INSERT INTO quarantine (device_id, received, reason, payload, code, seq) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`,
+		m.DeviceID, nanos(received), reason, payload, code, int64(m.Seq)).Scan(&id) // seq: two's complement, see migration 004
 	var e *sqlite.Error
 	if errors.As(err, &e) && e.Code() == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY {
 		return errNoSuchDevice()
@@ -1151,7 +1153,7 @@ func (s *TelemetryService) QuarantineMessage(ctx context.Context, m *pylon.Quara
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit quarantined message: %w", err)
 	}
-	m.ID, m.Received, m.Reason, m.Payload = id, time.Unix(0, nanos(received)).UTC(), reason, payload
+	m.ID, m.Received, m.Reason, m.Code, m.Payload = id, time.Unix(0, nanos(received)).UTC(), reason, code, payload
 	return nil
 }
 
@@ -1164,9 +1166,10 @@ func (s *TelemetryService) FindQuarantine(ctx context.Context, deviceID string, 
 	if len(deviceID) > 2*pylon.IDLen {
 		return out, nil
 	}
-	query, args := `SELECT id, device_id, received, reason, payload FROM quarantine ORDER BY id DESC LIMIT ?`, []any{limit}
+	const columns = `SELECT id, device_id, received, reason, payload, code, seq FROM quarantine`
+	query, args := columns+` ORDER BY id DESC LIMIT ?`, []any{limit}
 	if deviceID != "" {
-		query, args = `SELECT id, device_id, received, reason, payload FROM quarantine WHERE device_id = ? ORDER BY id DESC LIMIT ?`, []any{deviceID, limit}
+		query, args = columns+` WHERE device_id = ? ORDER BY id DESC LIMIT ?`, []any{deviceID, limit}
 	}
 	rows, err := s.query(ctx, query, args...)
 	if err != nil {
@@ -1177,11 +1180,12 @@ func (s *TelemetryService) FindQuarantine(ctx context.Context, deviceID string, 
 		var (
 			m        pylon.QuarantinedMessage
 			received int64
+			seq      int64
 		)
-		if err := rows.Scan(&m.ID, &m.DeviceID, &received, &m.Reason, &m.Payload); err != nil {
+		if err := rows.Scan(&m.ID, &m.DeviceID, &received, &m.Reason, &m.Payload, &m.Code, &seq); err != nil {
 			return nil, fmt.Errorf("scan quarantined message: %w", err)
 		}
-		m.Received = time.Unix(0, received).UTC()
+		m.Received, m.Seq = time.Unix(0, received).UTC(), uint64(seq)
 		if m.Payload == nil {
 			m.Payload = []byte{}
 		}

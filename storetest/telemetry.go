@@ -604,7 +604,8 @@ func testTelemetryQuarantine(t *testing.T, s Stores) {
 	ctx := context.Background()
 	var all []*pylon.QuarantinedMessage
 	for i, dev := range []string{a.ID, b.ID, a.ID, a.ID, b.ID} {
-		m := &pylon.QuarantinedMessage{DeviceID: dev, Received: T0.Add(time.Duration(i) * time.Second), Reason: fmt.Sprintf("bad %d: ✗", i), Payload: []byte{byte(i), 0, 0xff}}
+		m := &pylon.QuarantinedMessage{DeviceID: dev, Received: T0.Add(time.Duration(i) * time.Second), Reason: fmt.Sprintf("bad %d: ✗", i),
+			Code: []string{"invalid", "unauthorized", "too_large"}[i%3], Seq: []uint64{0, 7, math.MaxUint64}[i%3], Payload: []byte{byte(i), 0, 0xff}}
 		if err := s.Telemetry.QuarantineMessage(ctx, m); err != nil {
 			t.Fatalf("quarantine %d: %v", i, err)
 		}
@@ -621,7 +622,7 @@ func testTelemetryQuarantine(t *testing.T, s Stores) {
 		}
 		for i := range want {
 			g, w := got[i], want[i]
-			if g.ID != w.ID || g.DeviceID != w.DeviceID || !g.Received.Equal(w.Received) || g.Reason != w.Reason || !bytes.Equal(g.Payload, w.Payload) {
+			if g.ID != w.ID || g.DeviceID != w.DeviceID || !g.Received.Equal(w.Received) || g.Reason != w.Reason || g.Code != w.Code || g.Seq != w.Seq || !bytes.Equal(g.Payload, w.Payload) {
 				t.Fatalf("message %d: got %+v, want %+v", i, *g, *w)
 			}
 		}

@@ -222,9 +222,13 @@ func (e *cliEnv) runReadings(ctx context.Context, args []string) error {
 			return err
 		}
 		return e.print(httpapi.QuarantineList{Messages: msgs}, func(w *tabwriter.Writer) {
-			fmt.Fprintln(w, "ID\tRECEIVED\tDEVICE\tBYTES\tREASON")
+			fmt.Fprintln(w, "ID\tRECEIVED\tDEVICE\tSEQ\tBYTES\tCODE\tREASON")
 			for _, m := range msgs {
-				fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\n", m.ID, fmtReadingTime(m.Received), m.DeviceID, len(m.Payload), cell(m.Reason))
+				seq := "-"
+				if m.Seq != 0 {
+					seq = strconv.FormatUint(m.Seq, 10)
+				}
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, fmtReadingTime(m.Received), m.DeviceID, seq, len(m.Payload), cell(m.Code), cell(m.Reason))
 			}
 		})
 	}
