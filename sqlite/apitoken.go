@@ -173,6 +173,7 @@ func (s *APITokenService) AuthenticateAPIToken(ctx context.Context, id string, s
 		} else if n == 0 {
 			return nil, errInvalidCredentials()
 		}
+		s.db.kickCheckpointer() // an autocommit: Tx.Commit did not
 		t.LastUsedAt = &now
 	}
 	return t, nil
