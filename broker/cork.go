@@ -26,11 +26,16 @@ const (
 type corkConn struct {
 	net.Conn
 
-	// lock, a channel so that Close can give up waiting, guards corked
-	// and buf and is held during writes to Conn: they come in order.
+	// lock guards corked, buf and err and is held during writes to Conn,
+	// so that they come in order.
 	lock   chan struct{}
 	corked bool
 	buf    []byte
+
+	// err is the first write error. TLS records the corked bytes as
+	// written; once a write of them failed, the stream is torn, and no
+	// later byte may follow them.
+	err error
 }
 
 func newCorkConn(c net.Conn) *corkConn {
@@ -44,6 +49,9 @@ func (c *corkConn) release() { <-c.lock }
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.acquire()
 	defer c.release()
+	if c.err != nil {
+		return 0, c.err
+	}
 	if c.corked && len(c.buf)+len(p) <= maxCorked {
 		c.buf = append(c.buf, p...)
 		return len(p), nil
@@ -51,24 +59,25 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	if err := c.flushLocked(); err != nil {
 		return 0, err
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
 }
 
-// Close implements net.Conn: it writes what is held, unless a write blocks
-// (a peer that does not read) for kickWriteTimeout, and closes.
+// Close implements net.Conn: it writes what is held and closes, within
+// kickWriteTimeout in all. A write stuck on a peer that does not read
+// (whatever deadline mochi set, which it moves on every packet it reads)
+// ends when the timer closes the connection under it.
 func (c *corkConn) Close() error {
-	t := time.NewTimer(kickWriteTimeout)
-	defer t.Stop()
-	select {
-	case c.lock <- struct{}{}:
-		c.corked = false
-		if len(c.buf) > 0 {
-			_ = c.Conn.SetWriteDeadline(time.Now().Add(kickWriteTimeout))
-			_ = c.flushLocked()
-		}
-		c.release()
-	case <-t.C:
-		// A write holds the lock and is stuck: closing ends it.
+	timer := time.AfterFunc(kickWriteTimeout, func() { c.Conn.Close() })
+	c.acquire()
+	c.corked = false
+	_ = c.flushLocked()
+	c.release()
+	if !timer.Stop() {
+		return nil // closed by the timer
 	}
 	return c.Conn.Close()
 }
@@ -96,10 +105,16 @@ func (c *corkConn) uncork() error {
 }
 
 func (c *corkConn) flushLocked() error {
+	if c.err != nil {
+		return c.err
+	}
 	if len(c.buf) == 0 {
 		return nil
 	}
 	_, err := c.Conn.Write(c.buf)
+	if err != nil {
+		c.err = err
+	}
 	if cap(c.buf) > keptCorked {
 		c.buf = nil // a rare large write: do not keep its memory per connection
 	} else {

@@ -114,3 +114,55 @@ func TestCorkConn_CloseEndsBlockedWrite(t *testing.T) {
 		t.Fatal("the blocked write succeeded, want an error after Close")
 	}
 }
+
+// TestCorkConn_CloseBoundedDespiteDeadlines checks that Close ends within
+// its budget even while mochi keeps moving the connection's deadline on
+// (it does on every packet it reads) and the peer does not read.
+func TestCorkConn_CloseBoundedDespiteDeadlines(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := newCorkConn(a)
+	c.cork()
+	c.Write([]byte("held, never read"))
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = a.SetDeadline(time.Now().Add(time.Hour))
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close is stuck flushing to a peer that does not read")
+	}
+	if d := time.Since(start); d > 5*kickWriteTimeout {
+		t.Errorf("Close took %v, want about kickWriteTimeout (%v)", d, kickWriteTimeout)
+	}
+}
+
+// TestCorkConn_TornStaysTorn checks that once writing held bytes failed,
+// nothing more is written after them.
+func TestCorkConn_TornStaysTorn(t *testing.T) {
+	r := &recConn{}
+	c := newCorkConn(r)
+	c.cork()
+	c.Write([]byte("a"))
+	r.err = errors.New("broken pipe")
+	if err := c.uncork(); err == nil {
+		t.Fatal("uncork on a broken connection: no error")
+	}
+	r.err = nil // the socket would take bytes again
+	if _, err := c.Write([]byte("close_notify")); err == nil || len(r.writes) != 0 {
+		t.Fatalf("a write after a torn one: err %v, writes %q; want the first error and nothing written", err, r.writes)
+	}
+}
