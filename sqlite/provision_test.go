@@ -112,6 +112,8 @@ func TestMigration003_CertificatesOutliveDevices(t *testing.T) {
 		`DROP TABLE certificates`,
 		`ALTER TABLE certificates_001 RENAME TO certificates`,
 		`DELETE FROM migrations WHERE name = '003_certificates_outlive_devices.sql'`,
+		// As if the cascade had deleted certificates issued after this one.
+		`UPDATE sqlite_sequence SET seq = 1000 WHERE name = 'certificates'`,
 	} {
 		if _, err := raw.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
@@ -124,6 +126,10 @@ func TestMigration003_CertificatesOutliveDevices(t *testing.T) {
 	raw.Close()
 
 	db, _ = MustOpenDB(t, path) // applies 003
+	var counter int64
+	if err := openRaw(t, path).QueryRow(`SELECT seq FROM sqlite_sequence WHERE name = 'certificates'`).Scan(&counter); err != nil || counter != 1000 {
+		t.Fatalf("certificate seq counter after the migration: %d (%v), want 1000 kept", counter, err)
+	}
 	certs := sqlite.NewCertificateService(db)
 	got, err := certs.FindCertificateBySerial(ctx, c.Serial)
 	if err != nil {

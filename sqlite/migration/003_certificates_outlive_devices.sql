@@ -26,6 +26,12 @@ CREATE TABLE certificates_new (
 INSERT INTO certificates_new (seq, serial, device_id, not_before, not_after, status, revoked_at, reason, key_type, der, created_at)
 	SELECT seq, serial, device_id, not_before, not_after, status, revoked_at, reason, key_type, der, created_at FROM certificates;
 
+-- Keep the AUTOINCREMENT counter: DROP TABLE forgets it, and the new
+-- table's would restart at the highest seq copied, reusing the seq of
+-- certificates the old cascade deleted.
+DELETE FROM sqlite_sequence WHERE name = 'certificates_new';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'certificates_new', seq FROM sqlite_sequence WHERE name = 'certificates';
+
 DROP TABLE certificates;
 ALTER TABLE certificates_new RENAME TO certificates;
 
