@@ -102,7 +102,7 @@ type QuarantinedMessage struct {
 	// Seq is the message's sequence number; 0 when it is not known, and
 	// always 0 for a message whose signature did not verify (an
 	// unverified number means nothing).
-	Seq uint64 `json:"seq,omitempty"`
+	Seq uint64 `json:"seq"`
 	// Payload is the message as received, cut to its first
 	// MaxQuarantinePayload bytes.
 	Payload []byte `json:"payload"`
