@@ -22,6 +22,8 @@ type Event struct {
 	Readings []Reading `json:"readings,omitempty"`
 	Online   *bool     `json:"online,omitempty"`
 	Reason   string    `json:"reason,omitempty"`
+	Code     string    `json:"code,omitempty"` // of a rejected message: as in its error report
+	Seq      uint64    `json:"seq,omitempty"`  // of a rejected message whose signature verified
 	State    string    `json:"state,omitempty"`
 }
 

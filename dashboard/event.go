@@ -220,6 +220,8 @@ type liveEvent struct {
 	Readings []liveReading `json:"readings,omitempty"`
 	Online   *bool         `json:"online,omitempty"`
 	Reason   string        `json:"reason,omitempty"`
+	Code     string        `json:"code,omitempty"`
+	Seq      string        `json:"seq,omitempty"` // a string: JavaScript numbers lose integers above 2^53
 	State    string        `json:"state,omitempty"`
 }
 
@@ -241,7 +243,10 @@ func newLiveEvent(ev pylon.Event) (le liveEvent, ok bool) {
 	case pylon.EventConnection:
 		le.Online = ev.Online
 	case pylon.EventRejected:
-		le.Reason = shorten(ev.Reason, maxReasonLen)
+		le.Reason, le.Code = shorten(ev.Reason, maxReasonLen), shorten(ev.Code, maxCodeLen)
+		if ev.Seq != 0 {
+			le.Seq = strconv.FormatUint(ev.Seq, 10)
+		}
 	case pylon.EventState:
 		if !pylon.DeviceState(ev.State).Valid() {
 			return le, false

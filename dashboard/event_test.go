@@ -26,6 +26,8 @@ type liveEvent struct {
 	} `json:"readings"`
 	Online *bool  `json:"online"`
 	Reason string `json:"reason"`
+	Code   string `json:"code"`
+	Seq    string `json:"seq"`
 	State  string `json:"state"`
 }
 
@@ -70,7 +72,8 @@ func TestDeviceEvents_StreamsTheDevice(t *testing.T) {
 		{Name: "temp", Unit: "Cel", Value: ptr(21.5), Time: at},
 		{Name: "<script>", StringValue: ptr("</script><script>alert(1)</script>"), Time: at},
 	}})
-	hub.PublishEvent(pylon.Event{Type: pylon.EventRejected, DeviceID: d.ID, Time: at, Reason: "bad signature"})
+	hub.PublishEvent(pylon.Event{Type: pylon.EventRejected, DeviceID: d.ID, Time: at, Reason: "bad signature", Code: "unauthorized"})
+	hub.PublishEvent(pylon.Event{Type: pylon.EventRejected, DeviceID: d.ID, Time: at, Reason: "bad unit", Code: "invalid", Seq: 1<<64 - 1})
 	hub.PublishEvent(pylon.Event{Type: pylon.EventConnection, DeviceID: d.ID, Time: at, Online: ptr(false)})
 	hub.PublishEvent(pylon.Event{Type: pylon.EventState, DeviceID: d.ID, Time: at, State: string(pylon.DeviceSuspended)})
 
@@ -83,7 +86,13 @@ func TestDeviceEvents_StreamsTheDevice(t *testing.T) {
 				le.Readings[0].Text == "21.5 °C" && le.Readings[0].UT == "°C" && le.Readings[0].T == 1_700_000_000.25 &&
 				le.Readings[1].V == nil && le.Readings[1].Text == "</script><script>alert(1)</script>"
 		}},
-		{"rejected", func(le liveEvent) bool { return le.Reason == "bad signature" }},
+		{"rejected", func(le liveEvent) bool {
+			return le.Reason == "bad signature" && le.Code == "unauthorized" && le.Seq == ""
+		}},
+		// The seq as a string: a JavaScript number would round it.
+		{"rejected", func(le liveEvent) bool {
+			return le.Reason == "bad unit" && le.Code == "invalid" && le.Seq == "18446744073709551615"
+		}},
 		{"connection", func(le liveEvent) bool { return le.Online != nil && !*le.Online }},
 		{"state", func(le liveEvent) bool { return le.State == "suspended" }},
 	}

@@ -35,6 +35,7 @@ const (
 	errorsShown     = 20  // refused messages on the device page
 	fleetErrorsShow = 10  // refused messages on the overview
 	maxReasonLen    = 300 // bytes of a refusal reason shown
+	maxCodeLen      = 32  // bytes of a refusal code shown
 	maxTextLen      = 200 // bytes of a string value shown
 	readingPage     = 10_000
 )

@@ -271,7 +271,7 @@ func TestDevicePage_Telemetry(t *testing.T) {
 			{Name: "blob", Time: at, DataValue: []byte{1, 2, 3}},
 			{Name: "hum", Unit: "%RH", Time: at, Value: ptr(45.25)},
 		},
-		errors: []*pylon.QuarantinedMessage{{ID: 1, Received: at, Reason: xssWhy}},
+		errors: []*pylon.QuarantinedMessage{{ID: 1, Received: at, Reason: xssWhy, Code: "invalid", Seq: 1234567}},
 	}
 	e := MustNewEnv(t, func(e *Env) { e.Server.Telemetry, e.Server.Events = st.service(), &Hub{} })
 	viewer, _ := e.MustToken(pylon.RoleViewer)
@@ -290,6 +290,7 @@ func TestDevicePage_Telemetry(t *testing.T) {
 		`data-range="6h"`, `<figure class="tchart" data-name="energy" data-unit="Wh">`,
 		`<figure class="tchart" data-name="hum" data-unit="%RH">`, `<figure class="tchart" data-name="temp" data-unit="Cel">`,
 		`telemetry.js`, `id="live-status"`, `href="/devices/` + d.ID + `?range=7d" data-range="7d"`,
+		`<td class="code">invalid</td>`, `<td class="seq num">1234567</td>`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("device page: missing %q", want)

@@ -404,7 +404,7 @@ func (in *Ingester) refuse(deviceID string, seq uint64, payload []byte, now time
 		in.m.quarantineDropped.Inc()
 	}
 	if in.opts.Events != nil {
-		in.opts.Events.PublishEvent(pylon.Event{Type: pylon.EventRejected, DeviceID: deviceID, Time: now, Reason: msg})
+		in.opts.Events.PublishEvent(pylon.Event{Type: pylon.EventRejected, DeviceID: deviceID, Time: now, Reason: msg, Code: q.Code, Seq: seq})
 	}
 	return res
 }

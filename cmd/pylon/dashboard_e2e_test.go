@@ -636,6 +636,11 @@ func TestDashboard_BrowserTelemetry(t *testing.T) {
 	if got := b.Text("#device-errors tbody tr td.reason"); got == "" {
 		t.Error("the refused message shows no reason")
 	}
+	// Signed with another key: unauthorized, and no sequence number (an
+	// unverified one means nothing).
+	if code, seq := b.Text("#device-errors tbody tr td.code"), b.Text("#device-errors tbody tr td.seq"); code != "unauthorized" || seq != "" {
+		t.Errorf("the refused message shows code %q, seq %q; want unauthorized and none", code, seq)
+	}
 	if !Eval[bool](b, `window.pylonNoReload === true`) {
 		t.Fatal("the page reloaded; the updates were to come live")
 	}
@@ -648,6 +653,8 @@ func TestDashboard_BrowserTelemetry(t *testing.T) {
 	}
 	if got := Eval[int](b, `document.querySelectorAll("#fleet-errors tbody tr").length`); got != 1 {
 		t.Errorf("fleet page: got %d newest errors, want 1", got)
+	} else if code := b.Text("#fleet-errors tbody tr td.code"); code != "unauthorized" {
+		t.Errorf("fleet page: got code %q, want unauthorized", code)
 	}
 	b.PollText("/", "#stat-online .value", "2")
 	b.Screenshot("fleet")

@@ -328,10 +328,18 @@
       var when = document.createElement("td");
       when.className = "nowrap";
       when.appendChild(timeEl(ev.t, ev.time));
+      var code = document.createElement("td");
+      code.className = "code";
+      code.textContent = ev.code || "";
+      var seq = document.createElement("td");
+      seq.className = "seq num";
+      seq.textContent = ev.seq || "";
       var reason = document.createElement("td");
       reason.className = "reason";
       reason.textContent = ev.reason;
       row.appendChild(when);
+      row.appendChild(code);
+      row.appendChild(seq);
       row.appendChild(reason);
       var body = errors.tBodies[0];
       body.insertBefore(row, body.firstChild);
