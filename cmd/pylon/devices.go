@@ -135,7 +135,7 @@ func (e *cliEnv) runDevices(ctx context.Context, args []string) error {
 			if err := c.DeleteDevice(ctx, d.ID); err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stderr, "deleted device %s (%s)\n", d.ID, d.Name)
+			fmt.Fprintf(e.stderr, "deleted device %s (%s); its certificates are revoked and stay on the CRL until they expire\n", d.ID, d.Name)
 			return nil
 		case "suspend":
 			d, err = c.SuspendDevice(ctx, d.ID)

@@ -249,7 +249,9 @@ func TestBinary_ShellDeviceEnrollRenewPublish(t *testing.T) {
 	mustJSON(t, s.sh(t, `$PYLON tokens create --device `+dev2.ID+` -o json`), &tok)
 	s.sh(t, `"$EXAMPLES/shell/enroll.sh" "$API" "$PYLON_CA" '`+tok.Token+`' dev3`)
 	serial2 := strings.TrimPrefix(strings.TrimSpace(s.sh(t, `openssl x509 -in dev3/device.crt -noout -serial`)), "serial=")
-	s.sh(t, `$PYLON devices delete `+dev2.ID)
+	if out := s.sh(t, `$PYLON devices delete `+dev2.ID+` 2>&1`); !strings.Contains(out, "certificates are revoked") {
+		t.Errorf("devices delete: got %q, want it to say the certificates are revoked", out)
+	}
 	crl = s.sh(t, `curl -sS --cacert "$PYLON_CA" "$API/api/v1/ca/crl" | openssl crl -inform DER -noout -text`)
 	if !strings.Contains(crl, strings.TrimLeft(serial2, "0")) {
 		t.Fatalf("CRL does not list %s of the deleted device:\n%s", serial2, crl)
