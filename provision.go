@@ -59,6 +59,12 @@ type CertificateService interface {
 	// certificates that have not yet expired at now, for the CRL.
 	FindRevokedCertificates(ctx context.Context, now time.Time) ([]*Certificate, error)
 
+	// DeleteExpiredCertificates deletes the certificates that expired
+	// before before, whatever their status: they are neither on the CRL
+	// nor usable, and the audit log keeps their history. It returns how
+	// many it deleted.
+	DeleteExpiredCertificates(ctx context.Context, before time.Time) (int64, error)
+
 	// AuthorizeConnection checks, at connect time, that the certificate with
 	// the given serial belongs to deviceID, is usable at now, and that the
 	// device is active. On success it supersedes the device's older valid

@@ -18,11 +18,12 @@ var (
 
 // CertificateService is a fake pylon.CertificateService.
 type CertificateService struct {
-	FindCertificateBySerialFn func(ctx context.Context, serial string) (*pylon.Certificate, error)
-	FindCertificatesFn        func(ctx context.Context, filter pylon.CertificateFilter) ([]*pylon.Certificate, error)
-	RevokeCertificateFn       func(ctx context.Context, serial, reason string) (*pylon.Certificate, error)
-	FindRevokedCertificatesFn func(ctx context.Context, now time.Time) ([]*pylon.Certificate, error)
-	AuthorizeConnectionFn     func(ctx context.Context, deviceID, serial string, now time.Time) (*pylon.Device, error)
+	FindCertificateBySerialFn   func(ctx context.Context, serial string) (*pylon.Certificate, error)
+	FindCertificatesFn          func(ctx context.Context, filter pylon.CertificateFilter) ([]*pylon.Certificate, error)
+	RevokeCertificateFn         func(ctx context.Context, serial, reason string) (*pylon.Certificate, error)
+	FindRevokedCertificatesFn   func(ctx context.Context, now time.Time) ([]*pylon.Certificate, error)
+	DeleteExpiredCertificatesFn func(ctx context.Context, before time.Time) (int64, error)
+	AuthorizeConnectionFn       func(ctx context.Context, deviceID, serial string, now time.Time) (*pylon.Device, error)
 }
 
 // FindCertificateBySerial calls FindCertificateBySerialFn.
@@ -38,6 +39,11 @@ func (s *CertificateService) FindCertificates(ctx context.Context, filter pylon.
 // RevokeCertificate calls RevokeCertificateFn.
 func (s *CertificateService) RevokeCertificate(ctx context.Context, serial, reason string) (*pylon.Certificate, error) {
 	return s.RevokeCertificateFn(ctx, serial, reason)
+}
+
+// DeleteExpiredCertificates calls DeleteExpiredCertificatesFn.
+func (s *CertificateService) DeleteExpiredCertificates(ctx context.Context, before time.Time) (int64, error) {
+	return s.DeleteExpiredCertificatesFn(ctx, before)
 }
 
 // FindRevokedCertificates calls FindRevokedCertificatesFn.

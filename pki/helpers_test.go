@@ -182,6 +182,19 @@ func (f *fakeStore) FindRevokedCertificates(ctx context.Context, now time.Time) 
 	return out, nil
 }
 
+func (f *fakeStore) DeleteExpiredCertificates(ctx context.Context, before time.Time) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	for serial, c := range f.certs {
+		if c.NotAfter.Before(before) {
+			delete(f.certs, serial)
+			n++
+		}
+	}
+	return n, nil
+}
+
 func (f *fakeStore) AuthorizeConnection(ctx context.Context, deviceID, serial string, now time.Time) (*pylon.Device, error) {
 	return nil, pylon.Errorf(pylon.EUNAUTHORIZED, "not implemented in the fake")
 }

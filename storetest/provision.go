@@ -816,3 +816,40 @@ func testAuthorizeSupersedes(t *testing.T, s Stores) {
 		t.Fatalf("revoke superseded: got %v (err %v), want revoked", c.Status, err)
 	}
 }
+
+func testDeleteExpiredCertificates(t *testing.T, s Stores) {
+	ctx := adminCtx()
+	old := newIssuer(T0.Add(-2 * 365 * 24 * time.Hour)) // expired a year before T0
+	_, expiredValid := enrolledDevice(t, s, "expired-valid", old)
+	gone, expiredRevoked := enrolledDevice(t, s, "expired-revoked", old)
+	if err := s.Devices.DeleteDevice(ctx, gone.ID); err != nil { // revoked, kept for the CRL
+		t.Fatal(err)
+	}
+	_, live := enrolledDevice(t, s, "live", newIssuer(T0))
+	liveGone, liveRevoked := enrolledDevice(t, s, "live-deleted", newIssuer(T0))
+	if err := s.Devices.DeleteDevice(ctx, liveGone.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := s.Certs.DeleteExpiredCertificates(ctx, T0)
+	if err != nil || n != 2 {
+		t.Fatalf("got %d deleted (%v), want the 2 expired", n, err)
+	}
+	for _, c := range []*pylon.Certificate{expiredValid, expiredRevoked} {
+		_, err := s.Certs.FindCertificateBySerial(ctx, c.Serial)
+		wantCode(t, err, pylon.ENOTFOUND)
+	}
+	for _, c := range []*pylon.Certificate{live, liveRevoked} {
+		if _, err := s.Certs.FindCertificateBySerial(ctx, c.Serial); err != nil {
+			t.Fatalf("unexpired certificate %s: %v", c.Serial, err)
+		}
+	}
+	// The CRL still lists the deleted device's unexpired certificate.
+	revoked, err := s.Certs.FindRevokedCertificates(ctx, T0)
+	if err != nil || !slices.Contains(serials(revoked), liveRevoked.Serial) {
+		t.Fatalf("got revoked %v (%v), want %s among them", serials(revoked), err, liveRevoked.Serial)
+	}
+	if n, err := s.Certs.DeleteExpiredCertificates(ctx, T0); err != nil || n != 0 {
+		t.Fatalf("second run: got %d deleted (%v), want 0", n, err)
+	}
+}

@@ -80,6 +80,7 @@ func Run(t *testing.T, open func(t *testing.T) Stores) {
 		{"Reenroll", testReenroll},
 		{"ReenrollRefused", testReenrollRefused},
 		{"RevokeCertificate", testRevokeCertificate},
+		{"DeleteExpiredCertificates", testDeleteExpiredCertificates},
 		{"FindCertificates", testFindCertificates},
 		{"AuthorizeConnection", testAuthorizeConnection},
 		{"AuthorizeConnectionSupersedes", testAuthorizeSupersedes},

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,10 +45,10 @@ type Main struct {
 
 	debug *http.Server
 
-	// stopRetention ends the retention loop; retentionDone is closed once
-	// it has.
-	stopRetention context.CancelFunc
-	retentionDone chan struct{}
+	// stopBackground ends the background jobs (telemetry retention,
+	// expired certificates); background waits for them.
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
 
 	// AdminToken is the admin API token created on first start ("" on
 	// later starts).
@@ -132,14 +133,12 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Registerer: reg,
 	})
 	m.Ingester.Start()
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.stopBackground = cancel
 	if keep := time.Duration(cfg.Retention); keep > 0 {
-		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		m.stopRetention, m.retentionDone = cancel, make(chan struct{})
-		go func() {
-			defer close(m.retentionDone)
-			m.Telemetry.RunRetention(rctx, keep, time.Hour)
-		}()
+		m.background.Go(func() { m.Telemetry.RunRetention(bctx, keep, time.Hour) })
 	}
+	m.background.Go(func() { pruneCertificates(bctx, certs, log, time.Hour) })
 
 	m.Broker, err = broker.New(broker.Options{
 		Addr:        cfg.MQTTAddr,
@@ -265,14 +264,43 @@ func (m *Main) Close() error {
 	if m.Ingester != nil {
 		errs = append(errs, m.Ingester.Close())
 	}
-	if m.stopRetention != nil {
-		m.stopRetention()
-		<-m.retentionDone
+	if m.stopBackground != nil {
+		m.stopBackground()
+		m.background.Wait()
 	}
 	if m.DB != nil {
 		errs = append(errs, m.DB.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// expiredCertKeep is how long an expired certificate stays in the store,
+// for inspection, before pruneCertificates deletes it.
+const expiredCertKeep = 30 * 24 * time.Hour
+
+// pruneCertificates deletes the certificates that expired more than
+// expiredCertKeep ago, now and then every interval, until ctx ends. They
+// are of no use (not on the CRL, not usable), and without it every
+// renewal and every deleted device would leave a row behind for good.
+func pruneCertificates(ctx context.Context, certs pylon.CertificateService, log *slog.Logger, every time.Duration) {
+	ctx = pylon.NewContextWithPrincipal(ctx, pylon.SystemPrincipal)
+	ticker := time.NewTicker(every)
+	defer ticker.Stop()
+	for {
+		before := time.Now().Add(-expiredCertKeep)
+		n, err := certs.DeleteExpiredCertificates(ctx, before)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Error("delete expired certificates", "before", before, "deleted", n, "err", err)
+		case n > 0:
+			log.Info("deleted expired certificates", "before", before, "deleted", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
 }
 
 // serverHosts returns the names the server certificate covers.
