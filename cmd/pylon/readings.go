@@ -350,6 +350,12 @@ func formatEvent(ev pylon.Event) string {
 		}
 	case pylon.EventRejected:
 		detail = cell(ev.Reason)
+		if ev.Seq != 0 {
+			detail = "seq " + strconv.FormatUint(ev.Seq, 10) + ": " + detail
+		}
+		if ev.Code != "" {
+			detail = cell(ev.Code) + "  " + detail
+		}
 	case pylon.EventState:
 		detail = cell(ev.State)
 	}
