@@ -1,8 +1,8 @@
 // Package ed25519voi verifies the Ed25519 signatures of telemetry envelopes
-// with github.com/oasisprotocol/curve25519-voi, which takes about half the
-// time of crypto/ed25519 on amd64 (41 µs against 76 µs a signature on the
-// benchmark machine; see docs/benchmarks.md). At single-reading rates the
-// signature check is most of the server's work.
+// with github.com/oasisprotocol/curve25519-voi, which takes about two thirds
+// of the time of crypto/ed25519 on amd64 (opening a signed single reading:
+// 42–47 µs against 67 µs on the benchmark machine; see docs/benchmarks.md).
+// At single-reading rates the signature check is most of the server's work.
 //
 // It accepts exactly the signatures crypto/ed25519 accepts: curve25519-voi's
 // VerifyOptionsStdLib preset (cofactorless, RFC 8032 §5.1.7 with the

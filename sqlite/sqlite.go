@@ -1,7 +1,7 @@
 // Package sqlite implements the store interfaces of package pylon
 // (DeviceService, APITokenService, CertificateService,
-// EnrollmentTokenService, EnrollmentStore and AuditService) on SQLite, with
-// the cgo-free driver modernc.org/sqlite.
+// EnrollmentTokenService, EnrollmentStore, AuditService and
+// TelemetryService) on SQLite, with the cgo-free driver modernc.org/sqlite.
 //
 // # Connections and locking
 //
@@ -26,8 +26,11 @@
 // Times are stored as fixed-width UTC text with nanoseconds, so they
 // round-trip exactly and compare as strings.
 //
-// Every mutation appends its audit record in the same transaction. The
-// audit table has triggers that abort any UPDATE or DELETE.
+// Every mutation of devices, tokens and certificates appends its audit
+// record in the same transaction; the background deletions of expired
+// certificates and old telemetry are logged, not audited (they change no
+// state anybody acts on). The audit table has triggers that abort any
+// UPDATE or DELETE.
 package sqlite
 
 import (
