@@ -397,14 +397,17 @@ func (in *Ingester) refuse(deviceID string, seq uint64, payload []byte, now time
 		in.log.Warn("telemetry refused", "device", deviceID, "seq", seq, "reason", msg)
 	}
 	res := Result{Reason: reason, Seq: seq, Err: pylon.Errorf(pylon.ErrorCode(err), "%s", msg)}
-	q := &pylon.QuarantinedMessage{DeviceID: deviceID, Received: now, Reason: msg, Code: res.Code(), Seq: seq, Payload: payload}
+	code := res.Code()
+	// q belongs to the quarantine loop once sent (the store sets its
+	// fields): nothing here reads it after.
+	q := &pylon.QuarantinedMessage{DeviceID: deviceID, Received: now, Reason: msg, Code: code, Seq: seq, Payload: payload}
 	select {
 	case in.quar <- q:
 	default:
 		in.m.quarantineDropped.Inc()
 	}
 	if in.opts.Events != nil {
-		in.opts.Events.PublishEvent(pylon.Event{Type: pylon.EventRejected, DeviceID: deviceID, Time: now, Reason: msg, Code: q.Code, Seq: seq})
+		in.opts.Events.PublishEvent(pylon.Event{Type: pylon.EventRejected, DeviceID: deviceID, Time: now, Reason: msg, Code: code, Seq: seq})
 	}
 	return res
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,14 +62,46 @@ func newMemStore() *memStore {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.quarantine = append(s.quarantine, m)
+		// As the real stores do: they set what they stored.
+		m.ID, m.Received, m.Code = int64(len(s.quarantine)), m.Received.UTC(), strings.Clone(m.Code)
 		return nil
 	}
 	return s
 }
 
+// recEvents records the events published to it.
+type recEvents struct {
+	mu     sync.Mutex
+	events []pylon.Event
+}
+
+func (r *recEvents) PublishEvent(e pylon.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+}
+
+func (r *recEvents) Subscribe(context.Context, string) pylon.Subscription { return nil }
+
+func (r *recEvents) rejected() []pylon.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []pylon.Event
+	for _, e := range r.events {
+		if e.Type == pylon.EventRejected {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 func startIngester(t *testing.T, store pylon.TelemetryService) *ingest.Ingester {
+	return startIngesterWith(t, ingest.Options{Telemetry: store})
+}
+
+func startIngesterWith(t *testing.T, opts ingest.Options) *ingest.Ingester {
 	t.Helper()
-	in := ingest.New(ingest.Options{Telemetry: store})
+	in := ingest.New(opts)
 	in.Start()
 	t.Cleanup(func() { in.Close() })
 	return in
@@ -96,7 +129,8 @@ func TestIngest(t *testing.T) {
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	store := newMemStore()
-	in := startIngester(t, store)
+	events := &recEvents{}
+	in := startIngesterWith(t, ingest.Options{Telemetry: store, Events: events})
 	ctx := context.Background()
 
 	tests := []struct {
@@ -161,9 +195,16 @@ func TestIngest(t *testing.T) {
 		{ingest.CodeInvalid, 10003},                               // unknown unit
 		{ingest.CodeTooLarge, 0},
 	}
+	rejected := events.rejected()
+	if len(rejected) != len(want) {
+		t.Fatalf("got %d rejected events, want %d", len(rejected), len(want))
+	}
 	for i, w := range want {
 		if q := store.quarantine[i]; q.Code != w.code || q.Seq != w.seq || q.DeviceID != "dev1" || q.Reason == "" {
 			t.Errorf("quarantined %d: got code %q seq %d device %q reason %q, want code %q seq %d", i, q.Code, q.Seq, q.DeviceID, q.Reason, w.code, w.seq)
+		}
+		if e := rejected[i]; e.Code != w.code || e.Seq != w.seq || e.DeviceID != "dev1" || e.Reason == "" {
+			t.Errorf("rejected event %d: got code %q seq %d device %q reason %q, want code %q seq %d", i, e.Code, e.Seq, e.DeviceID, e.Reason, w.code, w.seq)
 		}
 	}
 }
