@@ -182,36 +182,16 @@ func (s *CertificateService) FindRevokedCertificates(ctx context.Context, now ti
 }
 
 // DeleteExpiredCertificates deletes the certificates that expired before
-// before, deleteChunk at a time, each chunk in its own transaction so that
-// the single writer is not held for long.
+// before, in chunks (see deleteChunked).
 func (s *CertificateService) DeleteExpiredCertificates(ctx context.Context, before time.Time) (int64, error) {
-	var total int64
-	for {
-		tx, err := s.db.BeginTx(ctx, nil)
-		if err != nil {
-			return total, err
-		}
-		// certificates_status_idx (status, not_after) finds them.
-		res, err := tx.ExecContext(ctx, `DELETE FROM certificates WHERE seq IN (
-			SELECT seq FROM certificates WHERE status IN ('valid', 'superseded', 'revoked') AND not_after < ? LIMIT ?)`,
-			timeArg(before), deleteChunk)
-		if err != nil {
-			tx.Rollback()
-			return total, fmt.Errorf("delete expired certificates: %w", err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			tx.Rollback()
-			return total, fmt.Errorf("delete expired certificates: %w", err)
-		}
-		if err := tx.Commit(); err != nil {
-			return total, fmt.Errorf("commit expired certificates: %w", err)
-		}
-		total += n
-		if n < deleteChunk {
-			return total, nil
-		}
+	// certificates_status_idx (status, not_after) finds them.
+	n, err := s.db.deleteChunked(ctx, `DELETE FROM certificates WHERE seq IN (
+		SELECT seq FROM certificates WHERE status IN ('valid', 'superseded', 'revoked') AND not_after < ? LIMIT ?)`,
+		timeArg(before))
+	if err != nil {
+		return n, fmt.Errorf("delete expired certificates: %w", err)
 	}
+	return n, nil
 }
 
 // checkConnection returns the device and certificate if the certificate

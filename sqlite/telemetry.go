@@ -993,18 +993,12 @@ func (s *TelemetryService) DeleteReadingsBefore(ctx context.Context, t time.Time
 		}
 		series = last
 	}
-	for {
-		n, err := s.deleteChunk(ctx, `
-			DELETE FROM messages WHERE (device_id, seq) IN (
-				SELECT m.device_id, m.seq FROM messages m
-				WHERE m.received < ?1 AND m.seq < (SELECT max(x.seq) FROM messages x WHERE x.device_id = m.device_id)
-				LIMIT ?2)`, before, deleteChunk)
-		if err != nil {
-			return total, fmt.Errorf("delete messages: %w", err)
-		}
-		if n < deleteChunk {
-			break
-		}
+	if _, err := s.db.deleteChunked(ctx, `
+		DELETE FROM messages WHERE (device_id, seq) IN (
+			SELECT m.device_id, m.seq FROM messages m
+			WHERE m.received < ?1 AND m.seq < (SELECT max(x.seq) FROM messages x WHERE x.device_id = m.device_id)
+			LIMIT ?2)`, before); err != nil {
+		return total, fmt.Errorf("delete messages: %w", err)
 	}
 	return total, nil
 }
@@ -1045,10 +1039,26 @@ func (s *TelemetryService) deleteReadingsChunk(ctx context.Context, fromSeries, 
 	return n, last, nil
 }
 
-// deleteChunk runs one DELETE in its own transaction and returns how many
+// deleteChunked runs query, a DELETE of at most deleteChunk rows whose
+// last argument is that limit (appended here), each time in a transaction
+// of its own so that the single writer is never held for long, until a
+// run deletes fewer. It returns how many rows went.
+func (db *DB) deleteChunked(ctx context.Context, query string, args ...any) (int64, error) {
+	args = append(args, deleteChunk)
+	var total int64
+	for {
+		n, err := db.deleteOnce(ctx, query, args...)
+		total += n
+		if err != nil || n < deleteChunk {
+			return total, err
+		}
+	}
+}
+
+// deleteOnce runs one DELETE in its own transaction and returns how many
 // rows it deleted.
-func (s *TelemetryService) deleteChunk(ctx context.Context, query string, args ...any) (int64, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (db *DB) deleteOnce(ctx context.Context, query string, args ...any) (int64, error) {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
