@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/tls"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -26,9 +27,9 @@ const (
 type corkConn struct {
 	net.Conn
 
-	// lock guards corked, buf and err and is held during writes to Conn,
+	// mu guards corked, buf and err and is held during writes to Conn,
 	// so that they come in order.
-	lock   chan struct{}
+	mu     sync.Mutex
 	corked bool
 	buf    []byte
 
@@ -39,16 +40,13 @@ type corkConn struct {
 }
 
 func newCorkConn(c net.Conn) *corkConn {
-	return &corkConn{Conn: c, lock: make(chan struct{}, 1)}
+	return &corkConn{Conn: c}
 }
-
-func (c *corkConn) acquire() { c.lock <- struct{}{} }
-func (c *corkConn) release() { <-c.lock }
 
 // Write implements net.Conn: held while corked, else written at once.
 func (c *corkConn) Write(p []byte) (int, error) {
-	c.acquire()
-	defer c.release()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.err != nil {
 		return 0, c.err
 	}
@@ -72,10 +70,10 @@ func (c *corkConn) Write(p []byte) (int, error) {
 // ends when the timer closes the connection under it.
 func (c *corkConn) Close() error {
 	timer := time.AfterFunc(kickWriteTimeout, func() { c.Conn.Close() })
-	c.acquire()
+	c.mu.Lock()
 	c.corked = false
 	_ = c.flushLocked()
-	c.release()
+	c.mu.Unlock()
 	if !timer.Stop() {
 		return nil // closed by the timer
 	}
@@ -87,9 +85,9 @@ func (c *corkConn) cork() {
 	if c == nil {
 		return
 	}
-	c.acquire()
+	c.mu.Lock()
 	c.corked = true
-	c.release()
+	c.mu.Unlock()
 }
 
 // uncork writes what was held back, and later writes at once. An error
@@ -98,8 +96,8 @@ func (c *corkConn) uncork() error {
 	if c == nil {
 		return nil
 	}
-	c.acquire()
-	defer c.release()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.corked = false
 	return c.flushLocked()
 }

@@ -211,13 +211,11 @@ func (b *Broker) answerLoop(cl *mqtt.Client, dc *deviceConn) {
 		select {
 		case a := <-dc.answers:
 			cc.cork()
-			b.answer(cl, a.pk, a.res)
-			<-dc.pending
 			for more := true; more; {
+				b.answer(cl, a.pk, a.res)
+				<-dc.pending
 				select {
-				case a := <-dc.answers:
-					b.answer(cl, a.pk, a.res)
-					<-dc.pending
+				case a = <-dc.answers:
 				default:
 					more = false
 				}
