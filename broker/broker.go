@@ -15,6 +15,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pylonhq/pylon"
@@ -312,8 +313,15 @@ func (b *Broker) Close() error {
 				plainLn.Close()
 			}
 		}
-		// mochi disconnects every client (v5: DISCONNECT 0x8B) and waits for
-		// their goroutines, so every OnDisconnect hook has run when it returns.
+		// Every client is disconnected (v5: DISCONNECT 0x8B) and its
+		// goroutine waited for, so every OnDisconnect hook has run. mochi's
+		// Close would do it, but v2.7.9 lists a listener's clients with a
+		// recursive read lock (Clients.GetByListener calls Len under RLock),
+		// which deadlocks if a client connects or disconnects in between
+		// (mochi-mqtt/server#488). Closing the listeners first with a closer
+		// that lists the clients once marks them ended, so that mochi's
+		// Close skips that step.
+		b.server.Listeners.CloseAll(b.disconnectListenerClients)
 		_ = b.server.Close()
 		if started {
 			close(stop)
@@ -325,6 +333,16 @@ func (b *Broker) Close() error {
 		b.cancel()
 	})
 	return nil
+}
+
+// disconnectListenerClients disconnects the clients of listener id, as
+// mochi's closeListenerClients does, reading the client list once.
+func (b *Broker) disconnectListenerClients(id string) {
+	for _, cl := range b.server.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // storeContext returns the context of a store call made for principal p
