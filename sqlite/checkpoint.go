@@ -11,9 +11,17 @@ const (
 	// writes of that span share one checkpoint and its fsyncs.
 	checkpointPause = 100 * time.Millisecond
 
-	// restartPages is the WAL length, in pages, from which a checkpoint
-	// also makes the writer start the WAL over, with a RESTART.
-	restartPages = 16384
+	// walLimit is the WAL length, in bytes, from which a checkpoint makes
+	// the writer start the WAL over (see startCheckpointer), and the size
+	// the WAL file is cut back to when it does (journal_size_limit in
+	// writerTuning). The larger, the rarer the brief hold on the writer
+	// that a restart under load takes; and a WAL cut back below the length
+	// it reached would be extended again, block by block, before the next
+	// restart.
+	walLimit = 256 << 20
+
+	// restartPages is walLimit in pages of SQLite's default size.
+	restartPages = walLimit / 4096
 
 	// catchUpRounds is how many PASSIVE checkpoints one checkpoint runs
 	// at most to copy what the writer committed during the previous one.
@@ -21,8 +29,8 @@ const (
 
 	// checkpointParams are the checkpoint connection's: synchronous as
 	// the writer's (a checkpoint must fsync before the WAL starts over),
-	// and a short busy timeout, as the RESTART waits for readers while it
-	// holds writes back.
+	// and a short busy timeout: PASSIVE checkpoints wait for no reader or
+	// writer, only for SQLite's brief internal locks.
 	checkpointParams = "_pragma=busy_timeout(100)&_pragma=synchronous(NORMAL)"
 
 	// checkpointWarnEvery is the least time between two warnings of the
@@ -39,16 +47,26 @@ const (
 // (wal_autocheckpoint=0) and runs checkpoints on a connection of its own
 // instead, in the background, at most every checkpointPause and only after
 // a commit. They are PASSIVE: a checkpoint never blocks the writer or a
-// reader, and copies what no reader still needs. The writer starts the WAL
-// over when all of it is in the database file as it writes its next
-// commit; so a checkpoint runs PASSIVE rounds until it has copied
-// everything (the writer adds frames only when it commits, and a round
-// copies far faster than the writer writes), catchUpRounds at most. Only
-// if the WAL has grown to restartPages all the same (readers held it), a
-// RESTART follows: it holds writes back while it copies the last frames and
-// syncs, and waits at most its busy timeout for readers; if they are still
-// reading, it gives up and the next checkpoint tries again. A WAL that
-// grows past 4×restartPages is logged.
+// reader, and copies what no reader still needs; so a checkpoint runs
+// PASSIVE rounds until it has copied everything (the writer adds frames
+// only when it commits, and a round copies far faster than the writer
+// writes), catchUpRounds at most.
+//
+// The writer starts the WAL over only if, as it begins a transaction, all
+// of the WAL is in the database file. Under steady load it never is: the
+// writer commits again while a round copies and syncs. So once the WAL is
+// restartPages long, the checkpointer takes the writer's connection
+// between two transactions (the writer waits for it in database/sql's
+// queue, and goes on the moment it is back, with no polling) and runs one
+// more PASSIVE round on it, which copies the few frames committed since
+// the previous round and syncs; the writer's next transaction starts the
+// WAL over. That holds writes back for the copy and two fsyncs, once per
+// walLimit of WAL. SQLite's RESTART checkpoint did the same from the
+// checkpoint connection, but the writer then waited for it in SQLite's
+// busy handler, which sleeps in steps of up to 100 ms, and the RESTART
+// also waits for readers. If readers still hold part of the WAL, the round
+// copies what it can and the next checkpoint tries again; a WAL that grows
+// past 4×restartPages is logged.
 func (db *DB) startCheckpointer(ctx context.Context) error {
 	c, err := openSingle(db.DSN + "?" + checkpointParams)
 	if err != nil {
@@ -106,7 +124,8 @@ func (db *DB) checkpointLoop() {
 }
 
 // checkpoint runs PASSIVE checkpoints until the WAL is all copied (or
-// catchUpRounds), and a RESTART one if the WAL is restartPages long.
+// catchUpRounds), and, if the WAL is db.restartPages long, a last one on
+// the writer's connection.
 func (db *DB) checkpoint() error {
 	var busy, log, done int
 	for range catchUpRounds {
@@ -119,14 +138,24 @@ func (db *DB) checkpoint() error {
 			break // all copied, or readers hold the rest
 		}
 	}
-	if log < restartPages {
+	if log < db.restartPages {
 		return nil
 	}
-	if err := db.ckpt.QueryRow(`PRAGMA wal_checkpoint(RESTART)`).Scan(&busy, &log, &done); err != nil {
+	ctx := context.Background()
+	start := time.Now()
+	w, err := db.writer.Conn(ctx)
+	if err != nil {
 		return err
 	}
-	db.logger.Debug("wal checkpoint restart", "busy", busy, "wal_pages", log, "checkpointed", done)
-	if busy != 0 && log >= 4*restartPages {
+	held := time.Now()
+	err = w.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done)
+	w.Close()
+	if err != nil {
+		return err
+	}
+	db.logger.Debug("wal checkpoint on the writer", "wal_pages", log, "checkpointed", done,
+		"waited", held.Sub(start), "held", time.Since(held))
+	if done < log && log >= 4*db.restartPages {
 		db.checkpointWarn("wal keeps growing: readers hold it", "wal_pages", log)
 	}
 	return nil

@@ -78,9 +78,9 @@ const (
 //     not spill dirty pages to the WAL before its commit.
 //   - wal_autocheckpoint(0): the writer never checkpoints; see
 //     startCheckpointer.
-//   - journal_size_limit: the WAL file is cut back to 64 MiB when it
-//     starts over.
-const writerTuning = "&_pragma=temp_store(2)&_pragma=cache_size(-65536)&_pragma=wal_autocheckpoint(0)&_pragma=journal_size_limit(67108864)"
+//   - journal_size_limit: the WAL file is cut back to walLimit (256 MiB)
+//     when it starts over.
+const writerTuning = "&_pragma=temp_store(2)&_pragma=cache_size(-65536)&_pragma=wal_autocheckpoint(0)&_pragma=journal_size_limit(268435456)"
 
 // DB is the SQLite database shared by the services of this package.
 type DB struct {
@@ -109,6 +109,10 @@ type DB struct {
 	ckptDone   chan struct{}
 	ckptWarned time.Time // last checkpoint warning; the checkpoint loop's own
 
+	// restartPages is the WAL length at which a checkpoint starts the WAL
+	// over (the restartPages constant; tests set less before Open).
+	restartPages int
+
 	closeOnce sync.Once
 }
 
@@ -118,7 +122,7 @@ func NewDB(dsn string, logger *slog.Logger) *DB {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &DB{DSN: dsn, Now: time.Now, logger: logger, batchStop: make(chan struct{})}
+	return &DB{DSN: dsn, Now: time.Now, logger: logger, batchStop: make(chan struct{}), restartPages: restartPages}
 }
 
 // Open creates the database file (mode 0600) if it is missing, opens the

@@ -446,13 +446,26 @@ func BenchmarkWriteMessages(b *testing.B) {
 	}
 }
 
+// openRestartingAt opens the database at path with a checkpointer that
+// starts the WAL over once it is pages long.
+func openRestartingAt(t *testing.T, path string, pages int) *sqlite.DB {
+	t.Helper()
+	db := sqlite.NewDB(path, nil)
+	db.SetRestartPages(pages)
+	if err := db.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 // TestBackgroundCheckpoint checks that the writer leaves checkpoints to the
 // background checkpointer, and that it runs: the database file grows (only
 // a checkpoint writes to it) and the WAL is started over, so that it does
 // not grow with every write.
 func TestBackgroundCheckpoint(t *testing.T) {
 	path := tempPath(t)
-	db, _ := MustOpenDB(t, path)
+	db := openRestartingAt(t, path, 4096) // 16 MiB
 	ts := sqlite.NewTelemetryService(db)
 	dev := createDevices(t, db, 1)[0]
 	size := func(p string) int64 {
@@ -504,4 +517,59 @@ func TestBackgroundCheckpoint(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].Count != int64(seq) {
 		t.Fatalf("count of s0: got %v (%v), want %d readings", got, err, seq)
 	}
+}
+
+// TestWALRestartsUnderSteadyWrites checks that the WAL starts over while
+// the writer commits back to back, with no pause in which SQLite would
+// start it over by itself: the checkpointer's last round on the writer's
+// connection lets it. Each restart increments the checkpoint sequence
+// number in the WAL header (bytes 12–15).
+func TestWALRestartsUnderSteadyWrites(t *testing.T) {
+	path := tempPath(t)
+	db := openRestartingAt(t, path, 256) // 1 MiB
+	ts := sqlite.NewTelemetryService(db)
+	devs := createDevices(t, db, 20)
+	walSeq := func() uint32 {
+		f, err := os.Open(path + "-wal")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var h [16]byte
+		if _, err := f.ReadAt(h[:], 0); err != nil {
+			t.Fatalf("read WAL header: %v", err)
+		}
+		return uint32(h[12])<<24 | uint32(h[13])<<16 | uint32(h[14])<<8 | uint32(h[15])
+	}
+	var seq uint64
+	write := func() {
+		msgs := make([]*pylon.TelemetryMessage, len(devs))
+		seq++
+		for i, dev := range devs {
+			rs := make([]pylon.Reading, 50)
+			for j := range rs {
+				rs[j] = reading(fmt.Sprintf("s%d", j), storetest.T0.Add(time.Duration(seq)*time.Second), float64(seq))
+			}
+			msgs[i] = &pylon.TelemetryMessage{DeviceID: dev, Seq: seq, Readings: rs}
+		}
+		if _, err := ts.WriteMessages(context.Background(), msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write()
+	first := walSeq()
+	const restarts = 5
+	deadline := time.Now().Add(30 * time.Second)
+	for walSeq()-first < restarts {
+		if time.Now().After(deadline) {
+			t.Fatalf("the WAL started over %d times in 30 s of steady writes (%d commits), want %d", walSeq()-first, seq, restarts)
+		}
+		write()
+	}
+	if fi, err := os.Stat(path + "-wal"); err != nil {
+		t.Fatal(err)
+	} else if fi.Size() > 64<<20 {
+		t.Errorf("WAL is %d bytes with a 1 MiB restart threshold", fi.Size())
+	}
+	t.Logf("%d restarts in %d commits", walSeq()-first, seq)
 }
