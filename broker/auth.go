@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/ingest"
 )
 
 // Refusal reasons: the values of the reason label of
@@ -132,9 +133,9 @@ func (b *Broker) authenticateDevice(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	limitKeepalive(cl)
 	// Telemetry must be signed with the key of the certificate the device
-	// connected with: keep it for the telemetry hook.
+	// connected with: keep it, ready to verify, for the telemetry hook.
 	if cert := peerCertificate(cl); cert != nil {
-		b.conns.set(cl.Net.Conn, cert.PublicKey)
+		b.conns.set(cl.Net.Conn, ingest.NewKey(cert.PublicKey))
 	}
 	s.authorized(cl, seq)
 	return nil

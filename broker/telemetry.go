@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"crypto"
 	"crypto/tls"
 	"encoding/json"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/envelope"
 	"github.com/pylonhq/pylon/ingest"
 )
 
@@ -23,7 +23,7 @@ import (
 // stored now (Result.Retry), with a device's results in the order of its
 // messages. done must not block for long.
 type Ingester interface {
-	Submit(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte, done func(ingest.Result))
+	Submit(ctx context.Context, deviceID string, key *envelope.Key, payload []byte, done func(ingest.Result))
 }
 
 var _ Ingester = (*ingest.Ingester)(nil)
@@ -63,7 +63,7 @@ type deviceConns struct{ m sync.Map } // net.Conn → *deviceConn
 
 // deviceConn is a live device connection, as the telemetry hook sees it.
 type deviceConn struct {
-	pub crypto.PublicKey // of the certificate the device connected with
+	key *envelope.Key // of the certificate the device connected with (ingest.NewKey)
 
 	// pending holds a token for each QoS 0/1 telemetry message between
 	// its Submit and its answer: at most receiveMaximum, after which the
@@ -85,9 +85,9 @@ type answer struct {
 	res ingest.Result
 }
 
-func (k *deviceConns) set(c net.Conn, pub crypto.PublicKey) {
+func (k *deviceConns) set(c net.Conn, key *envelope.Key) {
 	k.m.Store(c, &deviceConn{
-		pub:     pub,
+		key:     key,
 		pending: make(chan struct{}, receiveMaximum),
 		answers: make(chan answer, receiveMaximum),
 		gone:    make(chan struct{}),
@@ -178,13 +178,13 @@ func (h *telemetryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.P
 			b.wg.Add(1)
 			go b.answerLoop(cl, dc)
 		})
-		b.opts.Ingest.Submit(ctx, cl.ID, dc.pub, pk.Payload, func(res ingest.Result) {
+		b.opts.Ingest.Submit(ctx, cl.ID, dc.key, pk.Payload, func(res ingest.Result) {
 			dc.answers <- answer{pk, res}
 		})
 		return pk, packets.ErrRejectPacket
 	}
 	done := make(chan ingest.Result, 1)
-	b.opts.Ingest.Submit(ctx, cl.ID, dc.pub, pk.Payload, func(res ingest.Result) { done <- res })
+	b.opts.Ingest.Submit(ctx, cl.ID, dc.key, pk.Payload, func(res ingest.Result) { done <- res })
 	res := <-done
 	switch {
 	case res.Retry:

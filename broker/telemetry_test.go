@@ -17,6 +17,7 @@ import (
 
 	"github.com/pylonhq/pylon"
 	"github.com/pylonhq/pylon/broker"
+	"github.com/pylonhq/pylon/envelope"
 	"github.com/pylonhq/pylon/ingest"
 )
 
@@ -29,13 +30,13 @@ type fakeIngester struct {
 
 type ingestCall struct {
 	device  string
-	pub     crypto.PublicKey
+	key     *envelope.Key
 	payload string
 }
 
-func (f *fakeIngester) Submit(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte, done func(ingest.Result)) {
+func (f *fakeIngester) Submit(ctx context.Context, deviceID string, key *envelope.Key, payload []byte, done func(ingest.Result)) {
 	f.mu.Lock()
-	f.calls = append(f.calls, ingestCall{deviceID, pub, string(payload)})
+	f.calls = append(f.calls, ingestCall{deviceID, key, string(payload)})
 	fn := f.fn
 	f.mu.Unlock()
 	done(fn(payload))
@@ -125,9 +126,9 @@ func TestTelemetry_AcceptedIsAckedAndRouted(t *testing.T) {
 	if len(calls) != 1 || calls[0].device != id || calls[0].payload != "sealed" {
 		t.Fatalf("Ingest calls: got %+v, want one for the telemetry message of %s", calls, id)
 	}
-	pub, ok := calls[0].pub.(interface{ Equal(crypto.PublicKey) bool })
+	pub, ok := calls[0].key.Public().(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !pub.Equal(cert.Leaf.PublicKey) {
-		t.Fatalf("Ingest key: got %T, want the device certificate's key", calls[0].pub)
+		t.Fatalf("Ingest key: got %T, want the device certificate's key", calls[0].key.Public())
 	}
 	if got := broker.KeysHeld(e.b); got != 1 {
 		t.Errorf("keys held while connected: got %d, want 1", got)
@@ -383,7 +384,7 @@ type heldIngester struct {
 	dones []func(ingest.Result)
 }
 
-func (h *heldIngester) Submit(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte, done func(ingest.Result)) {
+func (h *heldIngester) Submit(ctx context.Context, deviceID string, key *envelope.Key, payload []byte, done func(ingest.Result)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.dones = append(h.dones, done)

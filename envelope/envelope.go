@@ -175,9 +175,47 @@ type Opener struct {
 	NewVerifier func(alg cose.Algorithm, pub crypto.PublicKey) (cose.Verifier, error)
 }
 
+// A Key is a device's public key made ready to open its messages: the
+// algorithm derived from it and its verifier, made once by Opener.NewKey,
+// for instance for all the messages of a connection. A key that cannot check messages
+// holds why, and every message opened with it is refused with that.
+type Key struct {
+	pub crypto.PublicKey
+	alg cose.Algorithm
+	v   cose.Verifier
+	err error
+}
+
+// NewKey returns pub ready for Key.Open, with the verifier o makes for
+// the algorithm derived from pub.
+func (o Opener) NewKey(pub crypto.PublicKey) *Key {
+	alg, err := AlgorithmFor(pub)
+	if err != nil {
+		return &Key{pub: pub, err: err}
+	}
+	newVerifier := o.NewVerifier
+	if newVerifier == nil {
+		newVerifier = cose.NewVerifier
+	}
+	v, err := newVerifier(alg, pub)
+	if err != nil || v == nil || v.Algorithm() != alg {
+		return &Key{pub: pub, err: badSignature("unusable device key")}
+	}
+	return &Key{pub: pub, alg: alg, v: v}
+}
+
+// Public returns the public key k was made of.
+func (k *Key) Public() crypto.PublicKey { return k.pub }
+
 // Open verifies msg with pub and returns its decompressed content; see the
 // function Open.
 func (o Opener) Open(msg []byte, pub crypto.PublicKey) (*Message, error) {
+	return o.NewKey(pub).Open(msg)
+}
+
+// Open verifies msg with k and returns its decompressed content; see the
+// function Open.
+func (k *Key) Open(msg []byte) (*Message, error) {
 	if len(msg) > pylon.MaxMessageBytes {
 		return nil, tooLarge("message of %d bytes is over the limit of %d", len(msg), pylon.MaxMessageBytes)
 	}
@@ -189,22 +227,13 @@ func (o Opener) Open(msg []byte, pub crypto.PublicKey) (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	alg, err := AlgorithmFor(pub)
-	if err != nil {
-		return nil, err
+	if k.err != nil {
+		return nil, k.err
 	}
-	if hdr.alg != alg {
-		return nil, badSignature("algorithm mismatch: the header says %s, the device key needs %s", hdr.alg, alg)
+	if hdr.alg != k.alg {
+		return nil, badSignature("algorithm mismatch: the header says %s, the device key needs %s", hdr.alg, k.alg)
 	}
-	newVerifier := o.NewVerifier
-	if newVerifier == nil {
-		newVerifier = cose.NewVerifier
-	}
-	v, err := newVerifier(alg, pub)
-	if err != nil || v == nil || v.Algorithm() != alg {
-		return nil, badSignature("unusable device key")
-	}
-	if err := verify(v, protected, payload, sig); err != nil {
+	if err := verify(k.v, protected, payload, sig); err != nil {
 		return nil, err
 	}
 	content, err := decompress(hdr.encoding, payload)

@@ -5,7 +5,7 @@
 //
 // # Pipeline
 //
-//	broker hook ──Submit()──▶ envelope.Opener.Open (signature, size, decompression caps)
+//	broker hook ──Submit()──▶ envelope.Key.Open (signature, size, decompression caps)
 //	                          senml.Decode (names, units, values, times)
 //	                          ──▶ committer queue ──▶ TelemetryService.WriteMessages
 //	                                                  (one transaction for every
@@ -286,6 +286,11 @@ func (in *Ingester) Close() error {
 // others with go-cose.
 var opener = envelope.Opener{NewVerifier: ed25519voi.NewVerifier}
 
+// NewKey returns a device's public key (of the certificate it connected
+// with) ready for Submit: its verifier is made once, here, and serves all
+// the messages of the connection.
+func NewKey(pub crypto.PublicKey) *envelope.Key { return opener.NewKey(pub) }
+
 // errClosed answers messages that arrive during shutdown: not stored, so
 // the device must send them again.
 var errClosed = errors.New("ingest: shutting down")
@@ -295,7 +300,7 @@ var errClosed = errors.New("ingest: shutting down")
 // returns once the message is durably stored, or refused.
 func (in *Ingester) Ingest(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte) Result {
 	ch := make(chan Result, 1)
-	in.Submit(ctx, deviceID, pub, payload, func(r Result) { ch <- r })
+	in.Submit(ctx, deviceID, NewKey(pub), payload, func(r Result) { ch <- r })
 	return <-ch
 }
 
@@ -309,11 +314,11 @@ func (in *Ingester) Ingest(ctx context.Context, deviceID string, pub crypto.Publ
 // on the caller's goroutine, ahead of earlier results. A queued message
 // is committed even if ctx ends meanwhile. Submit blocks while the
 // committer's queue is full, or while the messages held reach MaxHeld.
-func (in *Ingester) Submit(ctx context.Context, deviceID string, pub crypto.PublicKey, payload []byte, done func(Result)) {
+func (in *Ingester) Submit(ctx context.Context, deviceID string, key *envelope.Key, payload []byte, done func(Result)) {
 	it := &item{device: deviceID, payload: payload, queued: time.Now(), now: in.opts.Now(), done: done}
 	var seq uint64
 	it.size = int64(len(payload))
-	if msg, err := opener.Open(payload, pub); err != nil {
+	if msg, err := key.Open(payload); err != nil {
 		it.res = in.refuse(deviceID, 0, payload, it.now, err)
 	} else if readings, err := senml.Decode(deviceID, msg.ContentType, msg.Payload, it.now, in.opts.Limits); err != nil {
 		seq, it.res = msg.Seq, in.refuse(deviceID, msg.Seq, payload, it.now, err)

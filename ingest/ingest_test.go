@@ -330,7 +330,7 @@ func TestSubmit_Order(t *testing.T) {
 			payload[len(payload)-1] ^= 1 // a broken signature: refused before the store
 		}
 		wg.Add(1)
-		in.Submit(context.Background(), "dev1", &key.PublicKey, payload, func(r ingest.Result) {
+		in.Submit(context.Background(), "dev1", ingest.NewKey(&key.PublicKey), payload, func(r ingest.Result) {
 			mu.Lock()
 			got, errs = append(got, uint64(i+1)), append(errs, r.Err != nil)
 			mu.Unlock()
@@ -371,7 +371,7 @@ func TestSubmit_AfterClose(t *testing.T) {
 	in.Start()
 	in.Close()
 	var res *ingest.Result
-	in.Submit(context.Background(), "dev1", &key.PublicKey, sealed(t, key, 1, temp(1)), func(r ingest.Result) { res = &r })
+	in.Submit(context.Background(), "dev1", ingest.NewKey(&key.PublicKey), sealed(t, key, 1, temp(1)), func(r ingest.Result) { res = &r })
 	if res == nil || !res.Retry {
 		t.Fatalf("got %+v, want a retry at once", res)
 	}
@@ -392,10 +392,10 @@ func TestSubmit_MaxHeld(t *testing.T) {
 	in.Start()
 	t.Cleanup(func() { in.Close() })
 	results := make(chan ingest.Result, 2)
-	in.Submit(context.Background(), "dev1", &key.PublicKey, sealed(t, key, 1, temp(1)), func(r ingest.Result) { results <- r })
+	in.Submit(context.Background(), "dev1", ingest.NewKey(&key.PublicKey), sealed(t, key, 1, temp(1)), func(r ingest.Result) { results <- r })
 	second := make(chan struct{})
 	go func() {
-		in.Submit(context.Background(), "dev1", &key.PublicKey, sealed(t, key, 2, temp(2)), func(r ingest.Result) { results <- r })
+		in.Submit(context.Background(), "dev1", ingest.NewKey(&key.PublicKey), sealed(t, key, 2, temp(2)), func(r ingest.Result) { results <- r })
 		close(second)
 	}()
 	select {
