@@ -3,7 +3,6 @@ package envelope
 import (
 	"fmt"
 	"math"
-	"sync"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
@@ -300,23 +299,6 @@ func appendSign1(b []byte, tagged bool, protected, payload, sig []byte) []byte {
 
 func sign1Len(protected, payload, sig []byte) int {
 	return 1 + 9 + len(protected) + 1 + 9 + len(payload) + 9 + len(sig)
-}
-
-var tbsPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-
-// verify checks sig over the Sig_structure of protected and payload.
-func verify(v cose.Verifier, protected, payload, sig []byte) error {
-	bp := tbsPool.Get().(*[]byte)
-	tbs := appendSigStructure((*bp)[:0], protected, payload)
-	err := v.Verify(tbs, sig)
-	if cap(tbs) <= 64<<10+1024 {
-		*bp = tbs[:0]
-		tbsPool.Put(bp)
-	}
-	if err != nil {
-		return badSignature("signature does not verify")
-	}
-	return nil
 }
 
 // appendHead appends a CBOR head in its shortest form.

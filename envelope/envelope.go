@@ -216,6 +216,35 @@ func (o Opener) Open(msg []byte, pub crypto.PublicKey) (*Message, error) {
 // Open verifies msg with k and returns its decompressed content; see the
 // function Open.
 func (k *Key) Open(msg []byte) (*Message, error) {
+	s, err := k.Parse(msg)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Verify(); err != nil {
+		return nil, err
+	}
+	return s.OpenVerified()
+}
+
+// Signed is a message parsed with its device's key, its signature not
+// checked yet: Key.Open in two steps, so that the caller can check the
+// signatures of many messages together (ed25519voi.Batch). Its content
+// is only to be read once the signature is checked.
+type Signed struct {
+	// Verifier is the device key's (Key), and ToBeSigned the COSE
+	// Sig_structure that Signature must sign.
+	Verifier   cose.Verifier
+	ToBeSigned []byte
+	Signature  []byte
+
+	hdr     header
+	payload []byte
+}
+
+// Parse checks msg's size, structure, protected header and algorithm
+// against k, and returns it ready to have its signature checked. Its
+// errors are those of Open.
+func (k *Key) Parse(msg []byte) (*Signed, error) {
 	if len(msg) > pylon.MaxMessageBytes {
 		return nil, tooLarge("message of %d bytes is over the limit of %d", len(msg), pylon.MaxMessageBytes)
 	}
@@ -233,14 +262,35 @@ func (k *Key) Open(msg []byte) (*Message, error) {
 	if hdr.alg != k.alg {
 		return nil, badSignature("algorithm mismatch: the header says %s, the device key needs %s", hdr.alg, k.alg)
 	}
-	if err := verify(k.v, protected, payload, sig); err != nil {
-		return nil, err
+	return &Signed{Verifier: k.v, ToBeSigned: appendSigStructure(nil, protected, payload), Signature: sig, hdr: hdr, payload: payload}, nil
+}
+
+// Seq returns the sequence number of the protected header. It is the
+// device's only once the signature is checked.
+func (s *Signed) Seq() uint64 { return s.hdr.seq }
+
+// Verify checks the signature with s.Verifier; its error is Open's for a
+// bad signature.
+func (s *Signed) Verify() error {
+	if err := s.Verifier.Verify(s.ToBeSigned, s.Signature); err != nil {
+		return ErrSignatureMismatch
 	}
-	content, err := decompress(hdr.encoding, payload)
+	return nil
+}
+
+// ErrSignatureMismatch is the error of a signature that does not verify;
+// it wraps ErrBadSignature.
+var ErrSignatureMismatch = badSignature("signature does not verify")
+
+// OpenVerified returns the decompressed content of a message whose
+// signature the caller has checked (Verify, or a batch check of
+// ToBeSigned and Signature with Verifier's key).
+func (s *Signed) OpenVerified() (*Message, error) {
+	content, err := decompress(s.hdr.encoding, s.payload)
 	if err != nil {
 		return nil, err
 	}
-	return &Message{Seq: hdr.seq, ContentType: hdr.contentType, Encoding: hdr.encoding, Payload: content}, nil
+	return &Message{Seq: s.hdr.seq, ContentType: s.hdr.contentType, Encoding: s.hdr.encoding, Payload: content}, nil
 }
 
 // codedError is an error caused by the input: it wraps one of the
