@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -360,6 +361,78 @@ func TestSubmit_Order(t *testing.T) {
 	}
 	if store.writes >= 10 {
 		t.Fatalf("%d commits for %d messages submitted in a row, want few", store.writes, n)
+	}
+}
+
+// TestSubmit_Batched submits the messages of several Ed25519 devices at
+// once, so that the verifiers check their signatures in batches, with bad
+// ones among them: a damaged signature and one by another device's key.
+// Exactly those are refused (0x87), the others stored, and each device's
+// results come in order.
+func TestSubmit_Batched(t *testing.T) {
+	store := newMemStore()
+	in := startIngester(t, store)
+	const devices, n = 8, 100
+	keys := make([]ed25519.PrivateKey, devices)
+	for d := range keys {
+		_, keys[d], _ = ed25519.GenerateKey(rand.Reader)
+	}
+	bad := func(d, i int) bool { return (i+d)%17 == 3 }
+	var wg sync.WaitGroup
+	results := make([][]ingest.Result, devices)
+	for d := range devices {
+		id := fmt.Sprintf("dev%d", d)
+		key := ingest.NewKey(keys[d].Public())
+		payloads := make([][]byte, n)
+		for i := range payloads {
+			signer := keys[d]
+			if bad(d, i) && d%2 == 1 {
+				signer = keys[(d+1)%devices] // another device's key
+			}
+			// memStore keeps one sequence space: give each device its own range.
+			payloads[i] = sealed(t, signer, uint64(d*1000+i+1), temp(float64(i)))
+			if bad(d, i) && d%2 == 0 {
+				payloads[i][len(payloads[i])-1] ^= 1
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mu sync.Mutex
+			var done sync.WaitGroup
+			done.Add(n)
+			for i := range payloads {
+				in.Submit(context.Background(), id, key, payloads[i], func(r ingest.Result) {
+					mu.Lock()
+					results[d] = append(results[d], r)
+					mu.Unlock()
+					done.Done()
+				})
+			}
+			done.Wait()
+		}()
+	}
+	wg.Wait()
+	stored := 0
+	for d := range devices {
+		for i, r := range results[d] {
+			if want := uint64(d*1000 + i + 1); r.Err == nil && r.Seq != want {
+				t.Fatalf("dev%d: result %d is of seq %d, want %d: out of order", d, i, r.Seq, want)
+			}
+			switch {
+			case bad(d, i) && r.Reason != ingest.ReasonNotAuthorized:
+				t.Errorf("dev%d message %d (bad signature): got reason 0x%02x (%v), want 0x87", d, i+1, r.Reason, r.Err)
+			case !bad(d, i) && r.Err != nil:
+				t.Errorf("dev%d message %d: refused: %v", d, i+1, r.Err)
+			case !bad(d, i):
+				stored++
+			}
+		}
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if store.readings != stored {
+		t.Fatalf("store holds %d readings, want the %d accepted", store.readings, stored)
 	}
 }
 
