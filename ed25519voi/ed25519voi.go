@@ -101,13 +101,18 @@ func NewBatch() *Batch { return &Batch{bv: voi.NewBatchVerifier()} }
 // did: only verifiers of this package's NewVerifier for a valid key can
 // be checked in a batch; check the others alone.
 func (b *Batch) Add(v cose.Verifier, content, sig []byte) bool {
-	ev, ok := v.(*verifier)
-	if !ok || ev.expanded == nil {
+	if !Batchable(v) {
 		return false
 	}
-	b.bv.AddExpandedWithOptions(ev.expanded, content, sig, rfc8032)
+	b.bv.AddExpandedWithOptions(v.(*verifier).expanded, content, sig, rfc8032)
 	b.n++
 	return true
+}
+
+// Batchable reports whether Batch.Add takes checks with v.
+func Batchable(v cose.Verifier) bool {
+	ev, ok := v.(*verifier)
+	return ok && ev.expanded != nil
 }
 
 // Len returns the number of checks added since the last Verify.

@@ -20,9 +20,11 @@
 // have many messages in flight: while one transaction commits, the next
 // batch gathers, with several messages of each busy device. The verifiers
 // (one per CPU, each device's messages always to the same one) check the
-// signatures of all the messages waiting for them at once
-// (ed25519voi.Batch: about half the work of one by one for Ed25519),
-// then decompress and decode. Results are delivered by a few completion
+// Ed25519 signatures of all the messages waiting for them at once
+// (ed25519voi.Batch: about half the work of one by one), then decompress
+// and decode; messages with other signatures, which a batch does not
+// speed up, Submit checks and decodes itself, and the verifier only keeps
+// their place in line. Results are delivered by a few completion
 // goroutines, each device's always by the same one and in the order of
 // its Submit calls, refusals included. Ingest is Submit that
 // waits for its result. A refused message is never stored as readings: it
@@ -341,7 +343,9 @@ func (in *Ingester) Ingest(ctx context.Context, deviceID string, pub crypto.Publ
 }
 
 // Submit handles one telemetry message of deviceID, as Ingest, without
-// waiting: it parses the message, hands it to a verifier and returns.
+// waiting: it parses the message, hands it to a verifier and returns (a
+// message whose signature cannot be checked in a batch, not Ed25519, it
+// checks and decodes itself).
 // done is called exactly once with the result: once the message is
 // durably stored, or refused, or could not be stored (Result.Retry). The
 // results of a device's messages come in the order of its Submit calls,
@@ -361,6 +365,15 @@ func (in *Ingester) Submit(ctx context.Context, deviceID string, key *envelope.K
 	if it.size, ok = in.held.take(int64(len(payload))); !ok {
 		done(in.retry(deviceID, 0, errClosed))
 		return
+	}
+	if s := it.signed; s != nil && !ed25519voi.Batchable(s.Verifier) {
+		// Only Ed25519 gains from a batch: check the others here, on
+		// the connections' goroutines, in parallel, as their decoding.
+		if err := s.Verify(); err != nil {
+			in.refuseSigned(it, err)
+		} else {
+			in.decode(it)
+		}
 	}
 	in.mu.RLock()
 	defer in.mu.RUnlock()
