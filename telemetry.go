@@ -134,8 +134,10 @@ type TelemetryService interface {
 	// left out. Returns EINVALID for a bad aggregation or bucket.
 	AggregateReadings(ctx context.Context, filter AggregateFilter) ([]*Bucket, error)
 
-	// DeleteReadingsBefore removes readings (and message records) older
-	// than t and returns how many readings went.
+	// DeleteReadingsBefore removes readings older than t, and forgets the
+	// sequence numbers of messages received before t, except each device's
+	// latest ones (so that its replay window survives), and returns how
+	// many readings went.
 	DeleteReadingsBefore(ctx context.Context, t time.Time) (int64, error)
 
 	// QuarantineMessage keeps a refused message, dropping the oldest beyond

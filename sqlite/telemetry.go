@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/base64"
@@ -55,9 +56,9 @@ const (
 	maxNanos = math.MaxInt64 - 1
 )
 
-// TelemetryService stores device telemetry: readings in series, the
-// message log that deduplicates and refuses replays, and quarantined
-// messages.
+// TelemetryService stores device telemetry: readings in series, the runs
+// of stored sequence numbers that deduplicate and refuse replays, and
+// quarantined messages.
 //
 // # Writing
 //
@@ -70,13 +71,20 @@ const (
 // the next checkpoint; that would need synchronous=FULL (an fsync per
 // commit).
 //
-// The store caches each device's highest stored sequence number and the
-// ID of each series in memory, so that a batch costs no lookups in steady
-// state. The caches assume that this TelemetryService is the only writer
-// of telemetry in its database; one per DB. They are updated only after a
-// commit. If a device was deleted (or another writer stored a message)
+// Deduplication keeps no row per message: the sequences table holds each
+// device's runs of consecutive stored sequence numbers, and a device that
+// sends in order has one run, whose upper end each commit moves up (one
+// small row per device, where a row per message cost a B-tree insert, an
+// index entry and, with many devices, a page of the WAL per message). A
+// gap starts a new run; a late message fills its gap as a run of its own.
+//
+// A batch reads its devices and their top runs in its transaction (one
+// query); only a message below its device's top run is looked up further.
+// The store caches the ID of each series in memory. The cache assumes that
+// this TelemetryService is the only writer of telemetry in its database;
+// one per DB. It is updated only after a commit. If a device was deleted
 // behind the cache's back, the batch fails on a constraint, and is then
-// rolled back and run again once without the caches.
+// rolled back and run again once without the cache.
 type TelemetryService struct {
 	db *DB
 
@@ -84,10 +92,9 @@ type TelemetryService struct {
 	// writer connection anyway) and guards everything below.
 	sem chan struct{}
 
-	hwm    map[string]int64    // device ID → highest stored seq, -1 for none
 	series map[seriesKey]int64 // (device ID, name) → series ID
 
-	insertMessages [7]*sql.Stmt // [k] inserts 1<<k messages
+	upsertRuns     [7]*sql.Stmt // [k] inserts or extends 1<<k runs
 	insertReadings [7]*sql.Stmt // [k] inserts 1<<k readings
 
 	args []any // reused argument buffer
@@ -106,7 +113,6 @@ func NewTelemetryService(db *DB) *TelemetryService {
 	return &TelemetryService{
 		db:     db,
 		sem:    make(chan struct{}, 1),
-		hwm:    make(map[string]int64),
 		series: make(map[seriesKey]int64),
 
 		readStmts: make(map[string]*sql.Stmt),
@@ -168,7 +174,7 @@ func valuesSQL(rows, cols int) string {
 }
 
 const (
-	messageCols = 3
+	runCols     = 4
 	readingCols = 8
 )
 
@@ -185,7 +191,8 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 	var stmts [2][7]*sql.Stmt
 	for k := range 7 {
 		for i, q := range []string{
-			`INSERT INTO messages (device_id, seq, received) VALUES ` + valuesSQL(1<<k, messageCols),
+			`INSERT INTO sequences (device_id, lo, hi, received) VALUES ` + valuesSQL(1<<k, runCols) +
+				` ON CONFLICT (device_id, lo) DO UPDATE SET hi = excluded.hi, received = excluded.received`,
 			`INSERT INTO readings (series, time, unit, v, vs, vb, vd, s) VALUES ` + valuesSQL(1<<k, readingCols),
 		} {
 			st, err := s.db.writer.PrepareContext(ctx, q)
@@ -202,7 +209,7 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 			stmts[i][k] = st
 		}
 	}
-	s.insertMessages, s.insertReadings = stmts[0], stmts[1]
+	s.upsertRuns, s.insertReadings = stmts[0], stmts[1]
 	return nil
 }
 
@@ -260,11 +267,11 @@ func validateMessage(i int, m *pylon.TelemetryMessage) error {
 }
 
 // errStale reports a constraint failure that a fresh attempt without the
-// caches resolves.
+// series cache resolves.
 var errStale = errors.New("telemetry cache out of date")
 
-// isStaleError reports whether err is a foreign key or primary key
-// failure: a device deleted, or a message stored, behind the caches' back.
+// isStaleError reports whether err is a constraint failure: a device (and
+// with it its series) deleted behind the series cache's back.
 func isStaleError(err error) bool {
 	var e *sqlite.Error
 	if errors.As(err, &e) {
@@ -309,75 +316,72 @@ func (s *TelemetryService) WriteMessages(ctx context.Context, msgs []*pylon.Tele
 	return statuses, err
 }
 
+// seqRun is a run of a device's sequence numbers, lo to hi, all stored:
+// a row of the sequences table. A device sending in order has one, whose
+// hi each commit moves up.
+type seqRun struct{ lo, hi int64 }
+
+// noRun is the top run of a device that has stored nothing yet.
+var noRun = seqRun{-1, -1}
+
+// msgKey is a device's sequence number.
+type msgKey struct {
+	device string
+	seq    int64
+}
+
+// added is a message a batch stores: its seq and time of receipt.
+type added struct{ seq, received int64 }
+
 // batch is the state of one WriteMessages transaction.
 type batch struct {
 	tx  *Tx
-	hwm map[string]int64 // device → highest seq, after the messages decided so far; absent: no such device
+	top map[string]seqRun // device → its top run before the batch; absent: no such device
+	hwm map[string]int64  // device → highest seq, after the messages decided so far
 
+	added     map[string][]added  // device → the messages this batch stores
 	newSeries map[seriesKey]int64 // series created or looked up, cached after commit
 }
 
 // write runs one attempt of WriteMessages. With fresh, it ignores the
-// caches. It returns an error wrapping errStale if a constraint failed.
+// series cache. It returns an error wrapping errStale if a constraint
+// failed.
 func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMessage, fresh bool) ([]pylon.WriteStatus, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Rollback()
-	b := &batch{tx: tx, hwm: make(map[string]int64), newSeries: make(map[seriesKey]int64)}
+	b := &batch{tx: tx, top: make(map[string]seqRun), hwm: make(map[string]int64),
+		added: make(map[string][]added), newSeries: make(map[seriesKey]int64)}
 
-	// The devices of the batch: their highest stored seq from the cache,
-	// or from the database, which also says whether they exist.
-	var missing []string
+	// The devices of the batch: whether they exist, and their top runs,
+	// read in the transaction (not cached: what the database holds is
+	// what decides).
+	var devices []string
 	for _, m := range msgs {
-		if _, ok := b.hwm[m.DeviceID]; ok || slices.Contains(missing, m.DeviceID) {
-			continue
-		}
-		if h, ok := s.hwm[m.DeviceID]; ok && !fresh {
-			b.hwm[m.DeviceID] = h
-		} else if len(m.DeviceID) <= 2*pylon.IDLen {
-			missing = append(missing, m.DeviceID)
+		if len(m.DeviceID) <= 2*pylon.IDLen && !slices.Contains(devices, m.DeviceID) {
+			devices = append(devices, m.DeviceID)
 		}
 	}
-	if err := b.lookupDevices(ctx, missing); err != nil {
+	if err := b.lookupDevices(ctx, devices); err != nil {
 		return nil, err
 	}
-
-	// Messages at or below their device's highest seq may be stored
-	// already.
-	type msgKey struct {
-		device string
-		seq    int64
+	for d, t := range b.top {
+		b.hwm[d] = t.hi
 	}
+
+	// A message in its device's top run is stored; one below it may be,
+	// in an earlier run: look those up.
 	var maybe []msgKey
 	for _, m := range msgs {
-		if h, ok := b.hwm[m.DeviceID]; ok && m.Seq <= math.MaxInt64 && int64(m.Seq) <= h {
+		if t, ok := b.top[m.DeviceID]; ok && m.Seq <= math.MaxInt64 && int64(m.Seq) < t.lo {
 			maybe = append(maybe, msgKey{m.DeviceID, int64(m.Seq)})
 		}
 	}
-	stored := make(map[msgKey]bool, len(maybe))
-	for chunk := range slices.Chunk(maybe, lookupChunk) {
-		args := make([]any, 0, 2*len(chunk))
-		for _, k := range chunk {
-			args = append(args, k.device, k.seq)
-		}
-		rows, err := tx.Tx.QueryContext(ctx, `SELECT device_id, seq FROM messages WHERE (device_id, seq) IN (VALUES `+valuesSQL(len(chunk), 2)+`)`, args...)
-		if err != nil {
-			return nil, fmt.Errorf("look up messages: %w", err)
-		}
-		for rows.Next() {
-			var k msgKey
-			if err := rows.Scan(&k.device, &k.seq); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("look up messages: %w", err)
-			}
-			stored[k] = true
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("look up messages: %w", err)
-		}
+	stored, err := b.lookupStored(ctx, maybe)
+	if err != nil {
+		return nil, err
 	}
 
 	// Decide, in order, as if the messages came one by one.
@@ -386,8 +390,10 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 		keep    []*pylon.TelemetryMessage
 		unknown []string
 	)
+	now := tx.now.UnixNano()
 	for i, m := range msgs {
-		h, exists := b.hwm[m.DeviceID]
+		t, exists := b.top[m.DeviceID]
+		h := b.hwm[m.DeviceID]
 		k := msgKey{m.DeviceID, int64(m.Seq)}
 		switch {
 		case !exists:
@@ -398,7 +404,7 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 			}
 		case m.Seq > math.MaxInt64:
 			statuses[i] = pylon.WriteReplay
-		case stored[k]:
+		case stored[k], k.seq >= t.lo && k.seq <= t.hi:
 			statuses[i] = pylon.WriteDuplicate
 		case h >= 0 && k.seq < h-pylon.ReplayWindow:
 			statuses[i] = pylon.WriteReplay
@@ -406,9 +412,12 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 			statuses[i] = pylon.WriteStored
 			stored[k] = true
 			keep = append(keep, m)
-			if k.seq > h {
-				b.hwm[m.DeviceID] = k.seq
+			received := now
+			if !m.Received.IsZero() {
+				received = nanos(m.Received)
 			}
+			b.added[m.DeviceID] = append(b.added[m.DeviceID], added{k.seq, received})
+			b.hwm[m.DeviceID] = max(h, k.seq)
 		}
 	}
 	if err := s.insert(ctx, b, keep, fresh); err != nil {
@@ -419,12 +428,6 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 	}
 
 	// Committed: the caches may learn what this batch saw and wrote.
-	if len(s.hwm)+len(b.hwm) > maxCached {
-		clear(s.hwm)
-	}
-	for d, h := range b.hwm {
-		s.hwm[d] = h
-	}
 	if len(s.series)+len(b.newSeries) > maxCached {
 		clear(s.series)
 	}
@@ -434,8 +437,8 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 	return statuses, nil
 }
 
-// lookupDevices reads whether each device exists and its highest stored
-// seq into b.hwm.
+// lookupDevices reads whether each device exists and its top run into
+// b.top.
 func (b *batch) lookupDevices(ctx context.Context, ids []string) error {
 	for chunk := range slices.Chunk(ids, lookupChunk) {
 		args := make([]any, len(chunk))
@@ -443,23 +446,25 @@ func (b *batch) lookupDevices(ctx context.Context, ids []string) error {
 			args[i] = id
 		}
 		rows, err := b.tx.Tx.QueryContext(ctx, `
-			SELECT d.id, (SELECT max(m.seq) FROM messages m WHERE m.device_id = d.id)
-			FROM devices d WHERE d.id IN (`+strings.TrimSuffix(strings.Repeat("?,", len(chunk)), ",")+`)`, args...)
+			SELECT d.id, t.lo, t.hi FROM devices d
+			LEFT JOIN sequences t ON t.device_id = d.id
+				AND t.lo = (SELECT max(x.lo) FROM sequences x WHERE x.device_id = d.id)
+			WHERE d.id IN (`+strings.TrimSuffix(strings.Repeat("?,", len(chunk)), ",")+`)`, args...)
 		if err != nil {
 			return fmt.Errorf("look up devices: %w", err)
 		}
 		for rows.Next() {
 			var (
-				id  string
-				max sql.NullInt64
+				id     string
+				lo, hi sql.NullInt64
 			)
-			if err := rows.Scan(&id, &max); err != nil {
+			if err := rows.Scan(&id, &lo, &hi); err != nil {
 				rows.Close()
 				return fmt.Errorf("look up devices: %w", err)
 			}
-			b.hwm[id] = -1
-			if max.Valid {
-				b.hwm[id] = max.Int64
+			b.top[id] = noRun
+			if lo.Valid && hi.Valid {
+				b.top[id] = seqRun{lo.Int64, hi.Int64}
 			}
 		}
 		rows.Close()
@@ -470,25 +475,75 @@ func (b *batch) lookupDevices(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// insert writes the message rows and readings of msgs.
+// lookupStored returns which of keys are in a stored run: the run with
+// the highest lo at or below the seq reaches it.
+func (b *batch) lookupStored(ctx context.Context, keys []msgKey) (map[msgKey]bool, error) {
+	stored := make(map[msgKey]bool, len(keys))
+	for chunk := range slices.Chunk(keys, lookupChunk) {
+		args := make([]any, 0, 2*len(chunk))
+		for _, k := range chunk {
+			args = append(args, k.device, k.seq)
+		}
+		rows, err := b.tx.Tx.QueryContext(ctx, `
+			SELECT k.column1, k.column2 FROM (VALUES `+valuesSQL(len(chunk), 2)+`) k
+			WHERE (SELECT r.hi FROM sequences r WHERE r.device_id = k.column1 AND r.lo <= k.column2
+				ORDER BY r.lo DESC LIMIT 1) >= k.column2`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("look up sequence numbers: %w", err)
+		}
+		for rows.Next() {
+			var k msgKey
+			if err := rows.Scan(&k.device, &k.seq); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("look up sequence numbers: %w", err)
+			}
+			stored[k] = true
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("look up sequence numbers: %w", err)
+		}
+	}
+	return stored, nil
+}
+
+// runs returns the runs to write for the messages a batch stores for a
+// device whose top run was top: each run of consecutive new seqs, the one
+// that continues top merged into it (same lo: the upsert moves its hi up).
+func runs(top seqRun, add []added) (out []seqRun, received []int64) {
+	slices.SortFunc(add, func(x, y added) int { return cmp.Compare(x.seq, y.seq) })
+	for i := 0; i < len(add); {
+		j, last := i, add[i].received
+		for j+1 < len(add) && add[j+1].seq == add[j].seq+1 {
+			j++
+			last = max(last, add[j].received)
+		}
+		r := seqRun{add[i].seq, add[j].seq}
+		if top.hi >= 0 && r.lo == top.hi+1 {
+			r.lo = top.lo
+		}
+		out, received = append(out, r), append(received, last)
+		i = j + 1
+	}
+	return out, received
+}
+
+// insert writes the runs of sequence numbers and the readings of msgs.
 func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.TelemetryMessage, fresh bool) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	// Messages first: a device deleted behind the cache fails here.
-	ins := newInserter(ctx, b.tx, &s.insertMessages, messageCols, s.args[:0])
-	now := b.tx.now.UnixNano()
-	for _, m := range msgs {
-		received := now
-		if !m.Received.IsZero() {
-			received = nanos(m.Received)
-		}
-		if err := ins.add(m.DeviceID, int64(m.Seq), received); err != nil {
-			return staleOr(err, "insert messages")
+	ins := newInserter(ctx, b.tx, &s.upsertRuns, runCols, s.args[:0])
+	for d, add := range b.added {
+		rs, received := runs(b.top[d], add)
+		for i, r := range rs {
+			if err := ins.add(d, r.lo, r.hi, received[i]); err != nil {
+				return fmt.Errorf("write sequence numbers: %w", err)
+			}
 		}
 	}
 	if err := ins.flush(); err != nil {
-		return staleOr(err, "insert messages")
+		return fmt.Errorf("write sequence numbers: %w", err)
 	}
 
 	ins = newInserter(ctx, b.tx, &s.insertReadings, readingCols, ins.args[:0])
@@ -974,11 +1029,11 @@ func (s *TelemetryService) AggregateReadings(ctx context.Context, f pylon.Aggreg
 	return buckets, nil
 }
 
-// DeleteReadingsBefore deletes the readings older than t and the message
-// records received before t, and returns how many readings went. It
-// deletes in transactions of at most 10000 rows, so that ingest is never
-// held up for long. Each device's newest message record is kept, so that
-// replay protection outlives retention.
+// DeleteReadingsBefore deletes the readings older than t and the runs of
+// sequence numbers whose last message was received before t, and returns
+// how many readings went. It deletes in transactions of at most 10000
+// rows, so that ingest is never held up for long. Each device's top run is
+// kept, so that replay protection outlives retention.
 func (s *TelemetryService) DeleteReadingsBefore(ctx context.Context, t time.Time) (int64, error) {
 	before := nanos(t)
 	var total int64
@@ -994,11 +1049,11 @@ func (s *TelemetryService) DeleteReadingsBefore(ctx context.Context, t time.Time
 		series = last
 	}
 	if _, err := s.db.deleteChunked(ctx, `
-		DELETE FROM messages WHERE (device_id, seq) IN (
-			SELECT m.device_id, m.seq FROM messages m
-			WHERE m.received < ?1 AND m.seq < (SELECT max(x.seq) FROM messages x WHERE x.device_id = m.device_id)
+		DELETE FROM sequences WHERE (device_id, lo) IN (
+			SELECT r.device_id, r.lo FROM sequences r
+			WHERE r.received < ?1 AND r.lo < (SELECT max(x.lo) FROM sequences x WHERE x.device_id = r.device_id)
 			LIMIT ?2)`, before); err != nil {
-		return total, fmt.Errorf("delete messages: %w", err)
+		return total, fmt.Errorf("delete sequence numbers: %w", err)
 	}
 	return total, nil
 }

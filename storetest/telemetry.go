@@ -575,7 +575,7 @@ func testTelemetryRetention(t *testing.T, s Stores) {
 	write(t, s,
 		m(1, old, num("temp", old, 1), num("humidity", old, 2)),
 		m(2, old, num("temp", old.Add(time.Second), 3)),
-		m(3, old, num("temp", recent, 4)), // an old message with a recent reading
+		m(5, old, num("temp", recent, 4)), // an old message with a recent reading
 	)
 	n, err := s.Telemetry.DeleteReadingsBefore(ctx, T0.Add(-time.Hour))
 	if err != nil || n != 3 {
@@ -584,9 +584,9 @@ func testTelemetryRetention(t *testing.T, s Stores) {
 	if got := values(allReadings(t, s, pylon.ReadingFilter{DeviceID: d.ID})); !slices.Equal(got, []float64{4}) {
 		t.Fatalf("got values %v after retention, want [4]", got)
 	}
-	// The message records of seq 1 and 2 went; the newest (3) stays, so
-	// that the device's replay window survives.
-	if got := statusNames(write(t, s, m(2, T0, num("temp", T0, 5)), m(3, T0, num("temp", T0, -1)))); got != "stored,duplicate" {
+	// Seq 1 and 2 are forgotten; the newest (5) is not, so that the
+	// device's replay window survives.
+	if got := statusNames(write(t, s, m(2, T0, num("temp", T0, 5)), m(5, T0, num("temp", T0, -1)))); got != "stored,duplicate" {
 		t.Fatalf("after retention: got %s, want stored,duplicate", got)
 	}
 	if n, err := s.Telemetry.DeleteReadingsBefore(ctx, T0.Add(-time.Hour)); err != nil || n != 0 {
