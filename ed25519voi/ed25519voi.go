@@ -92,6 +92,13 @@ func (v *verifier) Verify(content, sig []byte) error {
 type Batch struct {
 	bv *voi.BatchVerifier
 	n  int
+
+	// first is the first check added: checked alone if it stays the only
+	// one, as a batch of one costs 40% more than a single check.
+	first struct {
+		v            *verifier
+		content, sig []byte
+	}
 }
 
 // NewBatch returns an empty Batch.
@@ -104,7 +111,16 @@ func (b *Batch) Add(v cose.Verifier, content, sig []byte) bool {
 	if !Batchable(v) {
 		return false
 	}
-	b.bv.AddExpandedWithOptions(v.(*verifier).expanded, content, sig, rfc8032)
+	ev := v.(*verifier)
+	switch b.n {
+	case 0: // held back until a second comes
+		b.first.v, b.first.content, b.first.sig = ev, content, sig
+	case 1:
+		b.bv.AddExpandedWithOptions(b.first.v.expanded, b.first.content, b.first.sig, rfc8032)
+		fallthrough
+	default:
+		b.bv.AddExpandedWithOptions(ev.expanded, content, sig, rfc8032)
+	}
 	b.n++
 	return true
 }
@@ -122,11 +138,17 @@ func (b *Batch) Len() int { return b.n }
 // all are valid, one by one to find the bad ones if not, and returns
 // whether each is valid, in the order added. The batch is then empty.
 func (b *Batch) Verify() []bool {
-	if b.n == 0 {
+	var valid []bool
+	switch b.n {
+	case 0:
 		return nil
+	case 1:
+		valid = []bool{b.first.v.Verify(b.first.content, b.first.sig) == nil}
+	default:
+		_, valid = b.bv.Verify(nil) // nil: randomness from crypto/rand
 	}
-	_, valid := b.bv.Verify(nil) // nil: randomness from crypto/rand
 	b.bv.Reset()
 	b.n = 0
+	b.first.v, b.first.content, b.first.sig = nil, nil, nil
 	return valid
 }

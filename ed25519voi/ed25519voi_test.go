@@ -166,6 +166,18 @@ func TestBatch(t *testing.T) {
 			}
 		}
 	}
+	// A batch of one is checked alone.
+	for _, damage := range []bool{false, true} {
+		c := checks[0]
+		sig := append([]byte(nil), c.sig...)
+		if damage {
+			sig[40] ^= 1
+		}
+		b.Add(c.v, c.msg, sig)
+		if valid := b.Verify(); len(valid) != 1 || valid[0] == damage {
+			t.Errorf("batch of one, damaged %v: got %v", damage, valid)
+		}
+	}
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	v, err := ed25519voi.NewVerifier(cose.AlgorithmES256, &k.PublicKey)
 	if err != nil {
@@ -260,20 +272,22 @@ func BenchmarkVerify(b *testing.B) {
 			}
 		}
 	})
-	b.Run("batch-of-64", func(b *testing.B) {
-		batch := ed25519voi.NewBatch()
-		for b.Loop() {
-			for range 64 {
-				batch.Add(v, msg, sig)
-			}
-			for _, ok := range batch.Verify() {
-				if !ok {
-					b.Fatal("does not verify")
+	for _, n := range []int{1, 2, 4, 8, 64} {
+		b.Run(fmt.Sprintf("batch-of-%d", n), func(b *testing.B) {
+			batch := ed25519voi.NewBatch()
+			for b.Loop() {
+				for range n {
+					batch.Add(v, msg, sig)
+				}
+				for _, ok := range batch.Verify() {
+					if !ok {
+						b.Fatal("does not verify")
+					}
 				}
 			}
-		}
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(64*b.N), "ns/signature")
-	})
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n*b.N), "ns/signature")
+		})
+	}
 	b.Run("crypto-ed25519", func(b *testing.B) {
 		for b.Loop() {
 			if !ed25519.Verify(pub, msg, sig) {
