@@ -187,11 +187,12 @@ type item struct {
 
 // budget counts bytes up to a maximum; take waits for room.
 type budget struct {
-	mu     sync.Mutex
-	cond   sync.Cond
-	used   int64
-	max    int64
-	closed bool
+	mu         sync.Mutex
+	cond       sync.Cond
+	used       int64
+	max        int64
+	downstream int // messages sent to the committer, not yet answered
+	closed     bool
 }
 
 // take waits until n more bytes fit and counts them; it returns the
@@ -211,16 +212,40 @@ func (b *budget) take(n int64) (int64, bool) {
 	return n, true
 }
 
-// add counts n more bytes without waiting: what a message held already
-// grows by once decoded. The overshoot is bounded by the messages that
-// the verifiers decode at once.
-func (b *budget) add(n int64) {
+// grow counts n more bytes for a message held already, once decoded. It
+// waits for room only while messages are on their way to the store
+// (sent, not yet done), which will free some; with none, it counts them at
+// once: the bytes held are then those of messages still to be decoded,
+// whose decoders would wait on each other. So the budget is overshot by
+// at most one message's decoding per decoder, and only when nothing is
+// being stored.
+func (b *budget) grow(n int64) {
 	b.mu.Lock()
+	for !b.closed && b.used+n > b.max && b.downstream > 0 {
+		b.cond.Wait()
+	}
 	b.used += n
 	b.mu.Unlock()
 }
 
-// give gives back n bytes that take and add counted.
+// sent counts a message handed to the committer.
+func (b *budget) sent() {
+	b.mu.Lock()
+	b.downstream++
+	b.mu.Unlock()
+}
+
+// done gives back the n bytes of a message that sent counted, now
+// answered.
+func (b *budget) done(n int64) {
+	b.mu.Lock()
+	b.downstream--
+	b.used -= n
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
+
+// give gives back n bytes that take counted, of a message never sent.
 func (b *budget) give(n int64) {
 	b.mu.Lock()
 	b.used -= n
@@ -444,6 +469,7 @@ func (in *Ingester) verifyLoop(v chan *item) {
 			if it.signed != nil {
 				in.decode(it)
 			}
+			in.held.sent()
 			in.queue <- it
 		}
 		clear(items)
@@ -473,7 +499,7 @@ func (in *Ingester) decode(it *item) {
 	}
 	it.msg = &pylon.TelemetryMessage{DeviceID: it.device, Seq: msg.Seq, Received: it.now, Readings: readings}
 	grown := int64(len(msg.Payload)) + readingSize*int64(len(readings))
-	in.held.add(grown)
+	in.held.grow(grown)
 	it.size += grown
 }
 
@@ -509,7 +535,7 @@ func (in *Ingester) completeLoop(w chan *item) {
 	defer in.wg.Done()
 	for it := range w {
 		it.done(in.result(it))
-		in.held.give(it.size)
+		in.held.done(it.size)
 	}
 }
 

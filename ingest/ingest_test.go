@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -433,6 +434,74 @@ func TestSubmit_Batched(t *testing.T) {
 	defer store.mu.Unlock()
 	if store.readings != stored {
 		t.Fatalf("store holds %d readings, want the %d accepted", store.readings, stored)
+	}
+}
+
+// TestSubmit_MaxHeldDecoded checks that MaxHeld bounds what messages hold
+// once decoded, not only their payloads: small zstd messages that decode to
+// 1,000 readings each, from 8 devices, with the commits held back. The
+// budget may be overshot by one message's decoding per decoder at most;
+// once the commits go on, every message is answered.
+func TestSubmit_MaxHeldDecoded(t *testing.T) {
+	store := newMemStore()
+	gate := make(chan struct{})
+	write := store.WriteMessagesFn
+	store.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
+		<-gate
+		return write(ctx, msgs)
+	}
+	const maxHeld = 1 << 20
+	in := startIngesterWith(t, ingest.Options{Telemetry: store, MaxHeld: maxHeld})
+	recs := make([]senml.Record, pylon.MaxReadingsPerMessage)
+	for i := range recs {
+		v := 1.0
+		recs[i] = senml.Record{Name: "t", Unit: "Cel", Value: &v, Time: -float64(i)}
+	}
+	pack, err := senml.EncodeCBOR(recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const devices, n = 8, 100
+	var answered atomic.Int64
+	for d := range devices {
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		key := ingest.NewKey(priv.Public())
+		payloads := make([][]byte, n)
+		for i := range payloads {
+			if payloads[i], err = envelope.Seal(priv, uint64(d*200+i+1), pack, envelope.SealOptions{Encoding: envelope.EncodingZstd}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		go func() {
+			for _, p := range payloads {
+				in.Submit(context.Background(), fmt.Sprintf("dev%d", d), key, p, func(r ingest.Result) {
+					if r.Err != nil {
+						t.Errorf("refused: %v", r.Err)
+					}
+					answered.Add(1)
+				})
+			}
+		}()
+	}
+	// One decoded message: its readings, as the budget counts them, and
+	// its decompressed pack.
+	one := int64(len(recs))*160 + int64(len(pack))
+	limit := maxHeld + int64(runtime.GOMAXPROCS(0)+devices)*one
+	var most int64
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		most = max(most, in.HeldUsed())
+	}
+	if most > limit {
+		t.Errorf("held %d bytes with MaxHeld %d; want at most %d (one decoded message per decoder over)", most, maxHeld, limit)
+	}
+	close(gate)
+	for deadline := time.Now().Add(20 * time.Second); answered.Load() < devices*n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d messages answered 20 s after the commits went on", answered.Load(), devices*n)
+		}
+	}
+	if used := in.HeldUsed(); used != 0 {
+		t.Errorf("%d bytes still counted after every answer", used)
 	}
 }
 
