@@ -31,6 +31,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"fmt"
+	"sync/atomic"
 
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"github.com/veraison/go-cose"
@@ -66,6 +67,10 @@ func NewVerifier(alg cose.Algorithm, pub crypto.PublicKey) (cose.Verifier, error
 type verifier struct {
 	pub      voi.PublicKey
 	expanded *voi.ExpandedPublicKey // nil if pub is not a point
+
+	// failed is set once a signature failed to verify with this key: its
+	// checks are no longer batched (see Batchable).
+	failed atomic.Bool
 }
 
 // Algorithm implements cose.Verifier.
@@ -80,6 +85,7 @@ func (v *verifier) Verify(content, sig []byte) error {
 		ok = voi.VerifyWithOptions(v.pub, content, sig, rfc8032)
 	}
 	if !ok {
+		v.failed.Store(true)
 		return cose.ErrVerification
 	}
 	return nil
@@ -99,6 +105,7 @@ type Batch struct {
 		v            *verifier
 		content, sig []byte
 	}
+	vs []*verifier // of each check, to mark the keys of bad signatures
 }
 
 // NewBatch returns an empty Batch.
@@ -112,6 +119,7 @@ func (b *Batch) Add(v cose.Verifier, content, sig []byte) bool {
 		return false
 	}
 	ev := v.(*verifier)
+	b.vs = append(b.vs, ev)
 	switch b.n {
 	case 0: // held back until a second comes
 		b.first.v, b.first.content, b.first.sig = ev, content, sig
@@ -125,10 +133,15 @@ func (b *Batch) Add(v cose.Verifier, content, sig []byte) bool {
 	return true
 }
 
-// Batchable reports whether Batch.Add takes checks with v.
+// Batchable reports whether Batch.Add takes checks with v: a verifier of
+// this package's NewVerifier for a valid key, with which no signature has
+// failed yet. A batch with a bad signature costs the whole batch's work
+// and then a check of each; so a key that sent one (a broken or hostile
+// device) has its signatures checked alone from then on, and cannot make
+// the checks of the others' signatures dearer.
 func Batchable(v cose.Verifier) bool {
 	ev, ok := v.(*verifier)
-	return ok && ev.expanded != nil
+	return ok && ev.expanded != nil && !ev.failed.Load()
 }
 
 // Len returns the number of checks added since the last Verify.
@@ -146,9 +159,16 @@ func (b *Batch) Verify() []bool {
 		valid = []bool{b.first.v.Verify(b.first.content, b.first.sig) == nil}
 	default:
 		_, valid = b.bv.Verify(nil) // nil: randomness from crypto/rand
+		for i, ok := range valid {
+			if !ok {
+				b.vs[i].failed.Store(true)
+			}
+		}
 	}
 	b.bv.Reset()
 	b.n = 0
 	b.first.v, b.first.content, b.first.sig = nil, nil, nil
+	clear(b.vs)
+	b.vs = b.vs[:0]
 	return valid
 }
