@@ -402,9 +402,13 @@ func (in *Ingester) Submit(ctx context.Context, deviceID string, key *envelope.K
 	}
 	in.mu.RLock()
 	defer in.mu.RUnlock()
+	var seq uint64 // known if Submit decoded the message itself
+	if it.msg != nil {
+		seq = it.msg.Seq
+	}
 	if in.closed {
 		in.held.give(it.size)
-		done(in.retry(deviceID, 0, errClosed))
+		done(in.retry(deviceID, seq, errClosed))
 		return
 	}
 	select {
@@ -413,7 +417,7 @@ func (in *Ingester) Submit(ctx context.Context, deviceID string, key *envelope.K
 		// from here.
 	case <-ctx.Done():
 		in.held.give(it.size)
-		done(in.retry(deviceID, 0, ctx.Err()))
+		done(in.retry(deviceID, seq, ctx.Err()))
 	}
 }
 

@@ -57,7 +57,7 @@ const (
 // writer commits again while a round copies and syncs. So once the WAL is
 // restartPages long, the checkpointer takes the writer's connection
 // between two transactions (the writer waits for it in database/sql's
-// queue, and goes on the moment it is back, with no polling) and runs one
+// pool, and goes on the moment it is back, with no polling) and runs one
 // more PASSIVE round on it, which copies the few frames committed since
 // the previous round and syncs; the writer's next transaction starts the
 // WAL over. That holds writes back for the copy and two fsyncs, once per

@@ -192,7 +192,9 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 	for k := range 7 {
 		for i, q := range []string{
 			`INSERT INTO sequences (device_id, lo, hi, received) VALUES ` + valuesSQL(1<<k, runCols) +
-				` ON CONFLICT (device_id, lo) DO UPDATE SET hi = excluded.hi, received = excluded.received`,
+				// Only the top run's extension meets a row; max: a run
+				// never shrinks nor looks older, whatever a caller does.
+				` ON CONFLICT (device_id, lo) DO UPDATE SET hi = max(hi, excluded.hi), received = max(received, excluded.received)`,
 			`INSERT INTO readings (series, time, unit, v, vs, vb, vd, s) VALUES ` + valuesSQL(1<<k, readingCols),
 		} {
 			st, err := s.db.writer.PrepareContext(ctx, q)
