@@ -36,6 +36,17 @@ type memStore struct {
 	fail       error
 }
 
+// newGatedStore returns a memStore whose writes wait until gate is closed.
+func newGatedStore() (*memStore, chan struct{}) {
+	s, gate := newMemStore(), make(chan struct{})
+	write := s.WriteMessagesFn
+	s.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
+		<-gate
+		return write(ctx, msgs)
+	}
+	return s, gate
+}
+
 func newMemStore() *memStore {
 	s := &memStore{seen: map[uint64]bool{}}
 	s.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
@@ -311,13 +322,7 @@ func TestIngest_CloseKeepsQuarantine(t *testing.T) {
 // included, and that messages submitted one after another share commits.
 func TestSubmit_Order(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	store := newMemStore()
-	gate := make(chan struct{})
-	write := store.WriteMessagesFn
-	store.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
-		<-gate // hold the commits until every message is submitted
-		return write(ctx, msgs)
-	}
+	store, gate := newGatedStore()
 	in := startIngester(t, store)
 	const n = 200
 	var (
@@ -443,13 +448,7 @@ func TestSubmit_Batched(t *testing.T) {
 // budget may be overshot by one message's decoding per decoder at most;
 // once the commits go on, every message is answered.
 func TestSubmit_MaxHeldDecoded(t *testing.T) {
-	store := newMemStore()
-	gate := make(chan struct{})
-	write := store.WriteMessagesFn
-	store.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
-		<-gate
-		return write(ctx, msgs)
-	}
+	store, gate := newGatedStore()
 	const maxHeld = 1 << 20
 	in := startIngesterWith(t, ingest.Options{Telemetry: store, MaxHeld: maxHeld})
 	recs := make([]senml.Record, pylon.MaxReadingsPerMessage)
@@ -523,13 +522,7 @@ func TestSubmit_AfterClose(t *testing.T) {
 // reach MaxHeld, and goes on once their results are out.
 func TestSubmit_MaxHeld(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	store := newMemStore()
-	gate := make(chan struct{})
-	write := store.WriteMessagesFn
-	store.WriteMessagesFn = func(ctx context.Context, msgs []*pylon.TelemetryMessage) ([]pylon.WriteStatus, error) {
-		<-gate
-		return write(ctx, msgs)
-	}
+	store, gate := newGatedStore()
 	in := ingest.New(ingest.Options{Telemetry: store, MaxHeld: 1}) // one message at a time
 	in.Start()
 	t.Cleanup(func() { in.Close() })

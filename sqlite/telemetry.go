@@ -509,10 +509,18 @@ func (b *batch) lookupStored(ctx context.Context, keys []msgKey) (map[msgKey]boo
 	return stored, nil
 }
 
+// runRow is a row of the sequences table to write: a run and when its
+// last message was received.
+type runRow struct {
+	seqRun
+	received int64
+}
+
 // runs returns the runs to write for the messages a batch stores for a
 // device whose top run was top: each run of consecutive new seqs, the one
 // that continues top merged into it (same lo: the upsert moves its hi up).
-func runs(top seqRun, add []added) (out []seqRun, received []int64) {
+func runs(top seqRun, add []added) []runRow {
+	var out []runRow
 	slices.SortFunc(add, func(x, y added) int { return cmp.Compare(x.seq, y.seq) })
 	for i := 0; i < len(add); {
 		j, last := i, add[i].received
@@ -524,10 +532,10 @@ func runs(top seqRun, add []added) (out []seqRun, received []int64) {
 		if top.hi >= 0 && r.lo == top.hi+1 {
 			r.lo = top.lo
 		}
-		out, received = append(out, r), append(received, last)
+		out = append(out, runRow{r, last})
 		i = j + 1
 	}
-	return out, received
+	return out
 }
 
 // insert writes the runs of sequence numbers and the readings of msgs.
@@ -537,9 +545,8 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 	}
 	ins := newInserter(ctx, b.tx, &s.upsertRuns, runCols, s.args[:0])
 	for d, add := range b.added {
-		rs, received := runs(b.top[d], add)
-		for i, r := range rs {
-			if err := ins.add(d, r.lo, r.hi, received[i]); err != nil {
+		for _, r := range runs(b.top[d], add) {
+			if err := ins.add(d, r.lo, r.hi, r.received); err != nil {
 				return fmt.Errorf("write sequence numbers: %w", err)
 			}
 		}

@@ -446,6 +446,16 @@ func BenchmarkWriteMessages(b *testing.B) {
 	}
 }
 
+// pack50 returns message seq of dev: 50 readings of series s0…s49, at
+// seq seconds after T0, of value seq.
+func pack50(dev string, seq uint64) *pylon.TelemetryMessage {
+	rs := make([]pylon.Reading, 50)
+	for j := range rs {
+		rs[j] = reading(fmt.Sprintf("s%d", j), storetest.T0.Add(time.Duration(seq)*time.Second), float64(seq))
+	}
+	return &pylon.TelemetryMessage{DeviceID: dev, Seq: seq, Readings: rs}
+}
+
 // openRestartingAt opens the database at path with a checkpointer that
 // starts the WAL over once it is pages long.
 func openRestartingAt(t *testing.T, path string, pages int) *sqlite.DB {
@@ -481,11 +491,7 @@ func TestBackgroundCheckpoint(t *testing.T) {
 		msgs := make([]*pylon.TelemetryMessage, 100)
 		for i := range msgs {
 			seq++
-			rs := make([]pylon.Reading, 50)
-			for j := range rs {
-				rs[j] = reading(fmt.Sprintf("s%d", j), storetest.T0.Add(time.Duration(seq)*time.Second), float64(seq))
-			}
-			msgs[i] = &pylon.TelemetryMessage{DeviceID: dev, Seq: seq, Readings: rs}
+			msgs[i] = pack50(dev, seq)
 		}
 		if _, err := ts.WriteMessages(context.Background(), msgs); err != nil {
 			t.Fatal(err)
@@ -546,11 +552,7 @@ func TestWALRestartsUnderSteadyWrites(t *testing.T) {
 		msgs := make([]*pylon.TelemetryMessage, len(devs))
 		seq++
 		for i, dev := range devs {
-			rs := make([]pylon.Reading, 50)
-			for j := range rs {
-				rs[j] = reading(fmt.Sprintf("s%d", j), storetest.T0.Add(time.Duration(seq)*time.Second), float64(seq))
-			}
-			msgs[i] = &pylon.TelemetryMessage{DeviceID: dev, Seq: seq, Readings: rs}
+			msgs[i] = pack50(dev, seq)
 		}
 		if _, err := ts.WriteMessages(context.Background(), msgs); err != nil {
 			t.Fatal(err)
