@@ -93,6 +93,7 @@ func Run(t *testing.T, open func(t *testing.T) Stores) {
 		{"TelemetryValidation", testTelemetryValidation},
 		{"TelemetryRoundTrip", testTelemetryRoundTrip},
 		{"TelemetryFindReadings", testTelemetryFindReadings},
+		{"TelemetryStorageOrder", testTelemetryStorageOrder},
 		{"TelemetryLatest", testTelemetryLatest},
 		{"TelemetryAggregates", testTelemetryAggregates},
 		{"TelemetryRetention", testTelemetryRetention},

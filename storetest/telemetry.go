@@ -298,6 +298,41 @@ func testTelemetryRoundTrip(t *testing.T, s Stores) {
 	}
 }
 
+// testTelemetryStorageOrder: readings of one series at one time come back
+// in the order they were sent, also when numbers and other kinds of value
+// alternate (a store may write the kinds apart), and across messages.
+func testTelemetryStorageOrder(t *testing.T, s Stores) {
+	d := createDevice(t, s, "order", nil)
+	var sent []pylon.Reading
+	for i := range 12 {
+		r := pylon.Reading{Name: "mixed", Unit: "W", Time: T0}
+		switch i % 4 {
+		case 0, 1:
+			r.Value = ptr(float64(i))
+		case 2:
+			r.StringValue = ptr(fmt.Sprint(i))
+		case 3:
+			r.Value, r.Sum = ptr(float64(i)), ptr(float64(i))
+		}
+		sent = append(sent, r)
+	}
+	write(t, s, msg(d.ID, 1, sent[:7]...), msg(d.ID, 2, sent[7:]...))
+	for _, desc := range []bool{false, true} {
+		got := allReadings(t, s, pylon.ReadingFilter{DeviceID: d.ID, Desc: desc, Limit: 5})
+		if len(got) != len(sent) {
+			t.Fatalf("desc %v: got %d readings, want %d", desc, len(got), len(sent))
+		}
+		for i, r := range got {
+			want := sent[i]
+			if desc {
+				want = sent[len(sent)-1-i]
+			}
+			want.DeviceID = d.ID
+			sameReading(t, r, &want)
+		}
+	}
+}
+
 func testTelemetryFindReadings(t *testing.T, s Stores) {
 	const n = 2500
 	a := createDevice(t, s, "find-a", nil)
