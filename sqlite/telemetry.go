@@ -63,7 +63,10 @@ const (
 // # Writing
 //
 // WriteMessages writes a whole batch in one transaction with multi-row
-// INSERTs on statements prepared once. The commit is durable against a
+// INSERTs on statements prepared once. A reading that is a number and
+// nothing else, as most are, goes in through statements that name only
+// its four columns (binding the others as NULL cost about a sixth of a
+// pack's insert); the readings still go in their order. The commit is durable against a
 // crash of the process (kill -9) before WriteMessages returns: the
 // database is in WAL mode with synchronous=NORMAL, so a commit is a
 // write(2) of the WAL to the operating system, which survives the process.
@@ -96,8 +99,9 @@ type TelemetryService struct {
 
 	upsertRuns     [7]*sql.Stmt // [k] inserts or extends 1<<k runs
 	insertReadings [7]*sql.Stmt // [k] inserts 1<<k readings
+	insertNumbers  [7]*sql.Stmt // [k] inserts 1<<k readings with only a number
 
-	args []any // reused argument buffer
+	args, numArgs []any // reused argument buffers
 
 	readMu    sync.Mutex
 	readStmts map[string]*sql.Stmt // prepared on the reader pool, by query
@@ -176,6 +180,7 @@ func valuesSQL(rows, cols int) string {
 const (
 	runCols     = 4
 	readingCols = 8
+	numberCols  = 4
 )
 
 // prepare prepares the insert statements on the writer pool once. It must
@@ -188,7 +193,7 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 	if s.db.writer == nil {
 		return fmt.Errorf("database not open")
 	}
-	var stmts [2][7]*sql.Stmt
+	var stmts [3][7]*sql.Stmt
 	for k := range 7 {
 		for i, q := range []string{
 			`INSERT INTO sequences (device_id, lo, hi, received) VALUES ` + valuesSQL(1<<k, runCols) +
@@ -196,6 +201,9 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 				// never shrinks nor looks older, whatever a caller does.
 				` ON CONFLICT (device_id, lo) DO UPDATE SET hi = max(hi, excluded.hi), received = max(received, excluded.received)`,
 			`INSERT INTO readings (series, time, unit, v, vs, vb, vd, s) VALUES ` + valuesSQL(1<<k, readingCols),
+			// Most readings are a number alone: binding the four other
+			// values as NULL cost a sixth of a pack's insert.
+			`INSERT INTO readings (series, time, unit, v) VALUES ` + valuesSQL(1<<k, numberCols),
 		} {
 			st, err := s.db.writer.PrepareContext(ctx, q)
 			if err != nil {
@@ -211,7 +219,7 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 			stmts[i][k] = st
 		}
 	}
-	s.upsertRuns, s.insertReadings = stmts[0], stmts[1]
+	s.upsertRuns, s.insertReadings, s.insertNumbers = stmts[0], stmts[1], stmts[2]
 	return nil
 }
 
@@ -555,14 +563,29 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 		return fmt.Errorf("write sequence numbers: %w", err)
 	}
 
+	// Readings go in their order (their IDs keep it): a reading of the
+	// other kind first writes the rows collected of this one.
 	ins = newInserter(ctx, b.tx, &s.insertReadings, readingCols, ins.args[:0])
-	defer func() { s.args = ins.args[:0] }()
+	nums := newInserter(ctx, b.tx, &s.insertNumbers, numberCols, s.numArgs[:0])
+	defer func() { s.args, s.numArgs = ins.args[:0], nums.args[:0] }()
 	for _, m := range msgs {
 		for j := range m.Readings {
 			r := &m.Readings[j]
 			id, err := s.seriesID(ctx, b, m.DeviceID, r.Name, fresh)
 			if err != nil {
 				return err
+			}
+			if r.Value != nil && r.StringValue == nil && r.BoolValue == nil && r.DataValue == nil && r.Sum == nil {
+				if err := ins.flush(); err != nil {
+					return staleOr(err, "insert readings")
+				}
+				if err := nums.add(id, r.Time.UnixNano(), r.Unit, *r.Value); err != nil {
+					return staleOr(err, "insert readings")
+				}
+				continue
+			}
+			if err := nums.flush(); err != nil {
+				return staleOr(err, "insert readings")
 			}
 			var v, vs, vb, vd, sum any
 			if r.Value != nil {
@@ -585,8 +608,10 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 			}
 		}
 	}
-	if err := ins.flush(); err != nil {
-		return staleOr(err, "insert readings")
+	for _, in := range []*inserter{ins, nums} {
+		if err := in.flush(); err != nil {
+			return staleOr(err, "insert readings")
+		}
 	}
 	return nil
 }

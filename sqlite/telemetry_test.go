@@ -403,6 +403,8 @@ func BenchmarkWriteMessages(b *testing.B) {
 		{16, 50, 50, 16},
 		{16, 50, 50, 1000},
 		{64, 50, 1, 200},
+		{20, 50, 1, 200},
+		{140, 1, 1, 200},
 	} {
 		name := fmt.Sprintf("%dx%d/names=%d/devices=%d", bc.msgs, bc.readings, bc.names, bc.devices)
 		b.Run(name, func(b *testing.B) {
