@@ -30,9 +30,11 @@ package ed25519voi
 import (
 	"crypto"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"sync/atomic"
 
+	"github.com/oasisprotocol/curve25519-voi/curve"
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"github.com/veraison/go-cose"
 )
@@ -40,6 +42,38 @@ import (
 // rfc8032 is curve25519-voi's preset for RFC 8032 / FIPS 186-5 with the
 // cofactored equation, the one batch verification checks.
 var rfc8032 = &voi.Options{Verify: voi.VerifyOptionsFIPS_186_5}
+
+// CheckPublicKey returns an error unless pub is an Ed25519 public key
+// such as key generation makes: 32 bytes, the canonical encoding of a
+// point of the curve, in the prime-order subgroup. The verifiers of this
+// package refuse every signature under a key that is not canonical or not
+// a point. Under a key of small order anybody can make a signature that
+// verifies (S = 0 and R the identity, for any message). A key with a
+// small-order component is no key generation's output, and whether its
+// holder's signatures verify depends on the verifier's equation
+// (cofactored here, cofactorless in crypto/ed25519 and so in TLS). The CA
+// certifies none of these (pki.KeyType).
+func CheckPublicKey(pub ed25519.PublicKey) error {
+	if len(pub) != ed25519.PublicKeySize {
+		return fmt.Errorf("Ed25519 public key of %d bytes, want %d", len(pub), ed25519.PublicKeySize)
+	}
+	var c curve.CompressedEdwardsY
+	copy(c[:], pub)
+	if !c.IsCanonicalVartime() {
+		return errors.New("Ed25519 public key not canonically encoded")
+	}
+	var p curve.EdwardsPoint
+	if _, err := p.SetCompressedY(&c); err != nil {
+		return errors.New("Ed25519 public key not a point of the curve")
+	}
+	if p.IsSmallOrder() {
+		return errors.New("Ed25519 public key of small order")
+	}
+	if !p.IsTorsionFree() {
+		return errors.New("Ed25519 public key with a small-order component")
+	}
+	return nil
+}
 
 // NewVerifier returns a verifier of signatures made with alg by the key of
 // pub: curve25519-voi's for EdDSA with an Ed25519 key, go-cose's

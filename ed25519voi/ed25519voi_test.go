@@ -13,6 +13,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/oasisprotocol/curve25519-voi/curve"
 	"github.com/pylonhq/pylon/ed25519voi"
 	"github.com/pylonhq/pylon/envelope"
 	"github.com/veraison/go-cose"
@@ -269,6 +270,60 @@ func TestNewVerifier_OtherAlgorithms(t *testing.T) {
 	if _, err := ed25519voi.NewVerifier(cose.AlgorithmEdDSA, pub[:31]); err == nil {
 		t.Fatal("a 31-byte key: no error")
 	}
+}
+
+func TestCheckPublicKey(t *testing.T) {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ed25519voi.CheckPublicKey(pub); err != nil {
+		t.Fatalf("a generated key: %v", err)
+	}
+
+	// pub plus a point of order 8.
+	var c curve.CompressedEdwardsY
+	copy(c[:], pub)
+	var a curve.EdwardsPoint
+	if _, err := a.SetCompressedY(&c); err != nil {
+		t.Fatal(err)
+	}
+	var mixed curve.EdwardsPoint
+	mixed.Add(&a, curve.EIGHT_TORSION[1])
+	var mc curve.CompressedEdwardsY
+	mc.SetEdwardsPoint(&mixed)
+
+	hexKey := func(s string) ed25519.PublicKey {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		pub  ed25519.PublicKey
+		want string
+	}{
+		{"31 bytes", pub[:31], "Ed25519 public key of 31 bytes, want 32"},
+		{"y = p + 1, the identity not reduced", hexKey("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"), "Ed25519 public key not canonically encoded"},
+		{"y = 2, no x", hexKey("0200000000000000000000000000000000000000000000000000000000000000"), "Ed25519 public key not a point of the curve"},
+		{"the identity", hexKey("0100000000000000000000000000000000000000000000000000000000000000"), "Ed25519 public key of small order"},
+		{"a point of order 8", ed25519.PublicKey(compress(curve.EIGHT_TORSION[1])), "Ed25519 public key of small order"},
+		{"a generated key plus a point of order 8", ed25519.PublicKey(mc[:]), "Ed25519 public key with a small-order component"},
+	} {
+		err := ed25519voi.CheckPublicKey(tc.pub)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// compress returns p's encoding.
+func compress(p *curve.EdwardsPoint) []byte {
+	var c curve.CompressedEdwardsY
+	c.SetEdwardsPoint(p)
+	return c[:]
 }
 
 func BenchmarkVerify(b *testing.B) {
