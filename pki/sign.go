@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/ed25519voi"
 )
 
 // Device certificate parameters.
@@ -101,7 +102,10 @@ func checkCSR(csr *x509.CertificateRequest) (string, error) {
 }
 
 // KeyType names an accepted device public key: "ECDSA-P256", "ECDSA-P384",
-// "Ed25519" or "RSA-<bits>". Other keys are pylon.EBADREQUEST.
+// "Ed25519" or "RSA-<bits>". Other keys are pylon.EBADREQUEST, and so are
+// Ed25519 keys that ed25519voi.CheckPublicKey refuses (not canonical, not
+// a point, or of small order: under such a key telemetry signatures would
+// be refused, or forgeable).
 func KeyType(pub crypto.PublicKey) (string, error) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
@@ -112,9 +116,10 @@ func KeyType(pub crypto.PublicKey) (string, error) {
 			return "ECDSA-P384", nil
 		}
 	case ed25519.PublicKey:
-		if len(k) == ed25519.PublicKeySize {
-			return "Ed25519", nil
+		if err := ed25519voi.CheckPublicKey(k); err != nil {
+			return "", pylon.Errorf(pylon.EBADREQUEST, "%v: generate the key with a standard Ed25519 implementation", err)
 		}
+		return "Ed25519", nil
 	case *rsa.PublicKey:
 		switch bits := k.N.BitLen(); {
 		case bits < minRSABits:

@@ -138,6 +138,20 @@ func TestSignDevice_KeyTypes(t *testing.T) {
 	}
 }
 
+// TestKeyType_Ed25519Refused: keys that no Ed25519 key generation makes
+// are refused before the CSR's signature is looked at (ed25519voi's tests
+// cover each kind).
+func TestKeyType_Ed25519Refused(t *testing.T) {
+	identity := make(ed25519.PublicKey, ed25519.PublicKeySize)
+	identity[0] = 1
+	for _, pub := range []ed25519.PublicKey{identity, identity[:31]} {
+		_, err := pki.KeyType(pub)
+		if pylon.ErrorCode(err) != pylon.EBADREQUEST {
+			t.Errorf("key %x: got %v, want %s", []byte(pub), err, pylon.EBADREQUEST)
+		}
+	}
+}
+
 func pkEqual(a, b crypto.PublicKey) bool {
 	return a.(interface{ Equal(crypto.PublicKey) bool }).Equal(b)
 }
