@@ -36,6 +36,13 @@ const (
 	// checkpointWarnEvery is the least time between two warnings of the
 	// checkpointer.
 	checkpointWarnEvery = time.Minute
+
+	// writerWait is the longest the checkpointer waits for the writer's
+	// connection to start the WAL over (a write transaction holds it for
+	// milliseconds; retention's, for a chunk). Past it, the checkpointer
+	// gives up for this round and warns: a transaction left open would
+	// otherwise hold it, and Close, forever.
+	writerWait = 10 * time.Second
 )
 
 // startCheckpointer opens the checkpoint connection and starts its loop.
@@ -141,11 +148,20 @@ func (db *DB) checkpoint() error {
 	if log < db.restartPages {
 		return nil
 	}
-	ctx := context.Background()
+	// Close (batchStop) ends the wait too.
+	ctx, cancel := context.WithTimeout(context.Background(), writerWait)
+	defer cancel()
+	go func() {
+		select {
+		case <-db.batchStop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	start := time.Now()
 	w, err := db.writer.Conn(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("wait for the writer to start the WAL over: %w", err)
 	}
 	held := time.Now()
 	err = w.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done)

@@ -295,8 +295,12 @@ func (db *DB) migrateFile(ctx context.Context, path, name string) error {
 	return nil
 }
 
+// optimizeWait bounds Close's PRAGMA optimize, a few milliseconds.
+const optimizeWait = 2 * time.Second
+
 // Close closes the connection pools. Later calls on the services fail
-// with an error; closing twice is harmless.
+// with an error; closing twice is harmless. A write transaction still open
+// does not hold it up.
 func (db *DB) Close() error {
 	var errs []error
 	db.closeOnce.Do(db.stopBatcher)
@@ -306,9 +310,12 @@ func (db *DB) Close() error {
 	}
 	db.stmts.close()
 	if db.writer != nil {
-		if _, err := db.writer.Exec(`PRAGMA optimize`); err != nil {
+		// Bounded: a write transaction left open would hold the writer.
+		ctx, cancel := context.WithTimeout(context.Background(), optimizeWait)
+		if _, err := db.writer.ExecContext(ctx, `PRAGMA optimize`); err != nil {
 			db.logger.Debug("pragma optimize", "err", err)
 		}
+		cancel()
 		errs = append(errs, db.writer.Close())
 	}
 	return errors.Join(errs...)

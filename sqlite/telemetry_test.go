@@ -527,6 +527,38 @@ func TestBackgroundCheckpoint(t *testing.T) {
 	}
 }
 
+// TestCloseWithWriteTransactionOpen: a write transaction left open (a bug)
+// holds the writer's connection, for which the checkpointer waits to start
+// the WAL over; Close still returns.
+func TestCloseWithWriteTransactionOpen(t *testing.T) {
+	ctx := context.Background()
+	db := openRestartingAt(t, tempPath(t), 1)
+	ts := sqlite.NewTelemetryService(db)
+	dev := createDevices(t, db, 1)[0]
+	if _, err := ts.WriteMessages(ctx, []*pylon.TelemetryMessage{pack50(dev, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	waits := db.WriterWaits()
+	db.KickCheckpointer()
+	for deadline := time.Now().Add(10 * time.Second); db.WriterWaits() == waits; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the checkpointer did not wait for the writer in 10 s")
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- db.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return in 20 s with a write transaction open")
+	}
+}
+
 // TestWALRestartsUnderSteadyWrites checks that the WAL starts over while
 // the writer commits back to back, with no pause in which SQLite would
 // start it over by itself: the checkpointer's last round on the writer's
