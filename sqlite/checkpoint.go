@@ -37,12 +37,12 @@ const (
 	// checkpointer.
 	checkpointWarnEvery = time.Minute
 
-	// writerWait is the longest the checkpointer waits for the writer's
+	// defaultWriterWait is the longest the checkpointer waits for the writer's
 	// connection to start the WAL over (a write transaction holds it for
 	// milliseconds; retention's, for a chunk). Past it, the checkpointer
 	// gives up for this round and warns: a transaction left open would
 	// otherwise hold it, and Close, forever.
-	writerWait = 10 * time.Second
+	defaultWriterWait = 10 * time.Second
 )
 
 // startCheckpointer opens the checkpoint connection and starts its loop.
@@ -148,8 +148,12 @@ func (db *DB) checkpoint() error {
 	if log < db.restartPages {
 		return nil
 	}
+	if db.testWriterWait != nil {
+		db.testWriterWait(true)
+		defer db.testWriterWait(false)
+	}
 	// Close (batchStop) ends the wait too.
-	ctx, cancel := context.WithTimeout(context.Background(), writerWait)
+	ctx, cancel := context.WithTimeout(context.Background(), db.writerWait)
 	defer cancel()
 	go func() {
 		select {
@@ -164,7 +168,9 @@ func (db *DB) checkpoint() error {
 		return fmt.Errorf("wait for the writer to start the WAL over: %w", err)
 	}
 	held := time.Now()
-	err = w.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done)
+	// Not bounded by ctx: the wait may have used up its time, and the
+	// round takes milliseconds.
+	err = w.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done)
 	w.Close()
 	if err != nil {
 		return err

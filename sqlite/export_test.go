@@ -1,8 +1,17 @@
 package sqlite
 
+import "time"
+
 // SetRestartPages sets the WAL length, in pages, at which the checkpointer
 // starts the WAL over. Call it before Open.
 func (db *DB) SetRestartPages(n int) { db.restartPages = n }
+
+// SetWriterWait sets the longest the checkpointer waits for the writer,
+// and a function called with true as it starts to wait and with false when
+// its round on the writer is over. Call it before Open.
+func (db *DB) SetWriterWait(d time.Duration, hook func(waiting bool)) {
+	db.writerWait, db.testWriterWait = d, hook
+}
 
 // KickCheckpointer tells the checkpointer that a commit added to the WAL.
 func (db *DB) KickCheckpointer() { db.kickCheckpointer() }

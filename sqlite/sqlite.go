@@ -113,6 +113,13 @@ type DB struct {
 	// over (the restartPages constant; tests set less before Open).
 	restartPages int
 
+	// writerWait bounds the checkpointer's wait for the writer
+	// (defaultWriterWait; tests set more before Open). testWriterWait, if
+	// set, is called with true as the checkpointer starts to wait for the
+	// writer, and with false once its round there is over.
+	writerWait     time.Duration
+	testWriterWait func(waiting bool)
+
 	closeOnce sync.Once
 }
 
@@ -122,7 +129,8 @@ func NewDB(dsn string, logger *slog.Logger) *DB {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &DB{DSN: dsn, Now: time.Now, logger: logger, batchStop: make(chan struct{}), restartPages: restartPages}
+	return &DB{DSN: dsn, Now: time.Now, logger: logger, batchStop: make(chan struct{}),
+		restartPages: restartPages, writerWait: defaultWriterWait}
 }
 
 // Open creates the database file (mode 0600) if it is missing, opens the
@@ -299,8 +307,9 @@ func (db *DB) migrateFile(ctx context.Context, path, name string) error {
 const optimizeWait = 2 * time.Second
 
 // Close closes the connection pools. Later calls on the services fail
-// with an error; closing twice is harmless. A write transaction still open
-// does not hold it up.
+// with an error; closing twice is harmless. A write transaction left open
+// (a bug) does not hold up the checkpointer's part of it; it still holds
+// up a group commit waiting for the writer (runBatched).
 func (db *DB) Close() error {
 	var errs []error
 	db.closeOnce.Do(db.stopBatcher)
