@@ -103,9 +103,10 @@ func checkCSR(csr *x509.CertificateRequest) (string, error) {
 
 // KeyType names an accepted device public key: "ECDSA-P256", "ECDSA-P384",
 // "Ed25519" or "RSA-<bits>". Other keys are pylon.EBADREQUEST, and so are
-// Ed25519 keys that ed25519voi.CheckPublicKey refuses (not canonical, not
-// a point, or of small order: under such a key telemetry signatures would
-// be refused, or forgeable).
+// Ed25519 keys that ed25519voi.CheckPublicKey refuses: not canonical, not
+// a point, of small order (signatures forgeable by anybody, a CSR's
+// included) or with a small-order component (signatures that verify or
+// not depending on the equation).
 func KeyType(pub crypto.PublicKey) (string, error) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:

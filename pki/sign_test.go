@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/url"
@@ -138,17 +139,36 @@ func TestSignDevice_KeyTypes(t *testing.T) {
 	}
 }
 
-// TestKeyType_Ed25519Refused: keys that no Ed25519 key generation makes
-// are refused before the CSR's signature is looked at (ed25519voi's tests
-// cover each kind).
-func TestKeyType_Ed25519Refused(t *testing.T) {
-	identity := make(ed25519.PublicKey, ed25519.PublicKeySize)
-	identity[0] = 1
-	for _, pub := range []ed25519.PublicKey{identity, identity[:31]} {
-		_, err := pki.KeyType(pub)
-		if pylon.ErrorCode(err) != pylon.EBADREQUEST {
-			t.Errorf("key %x: got %v, want %s", []byte(pub), err, pylon.EBADREQUEST)
-		}
+// forgedSigner holds no private key: its public key is the Ed25519
+// identity point (of small order), and it "signs" anything with R the
+// identity and S = 0, which verifies under that key for every message.
+type forgedSigner struct{}
+
+func (forgedSigner) Public() crypto.PublicKey {
+	k := make(ed25519.PublicKey, ed25519.PublicKeySize)
+	k[0] = 1
+	return k
+}
+
+func (forgedSigner) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	sig := make([]byte, ed25519.SignatureSize)
+	sig[0] = 1
+	return sig, nil
+}
+
+// TestSignDevice_RefusesSmallOrderEd25519Key: a CSR for a small-order key
+// passes the standard library's signature check without any private key;
+// the CA refuses it (see ed25519voi.CheckPublicKey for the other keys no
+// key generation makes).
+func TestSignDevice_RefusesSmallOrderEd25519Key(t *testing.T) {
+	csr := MustCSR(t, forgedSigner{}, nil)
+	if err := csr.CheckSignature(); err != nil {
+		t.Fatalf("the forged CSR's signature does not check (the test's premise): %v", err)
+	}
+	ca, _ := MustCA(t)
+	_, _, err := ca.SignDevice(csr, testDeviceID, 24*time.Hour, testNow)
+	if pylon.ErrorCode(err) != pylon.EBADREQUEST {
+		t.Fatalf("got %v, want %s", err, pylon.EBADREQUEST)
 	}
 }
 
