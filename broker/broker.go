@@ -80,6 +80,7 @@ type Broker struct {
 	log      *slog.Logger
 	now      func() time.Time
 	server   *mqtt.Server
+	inline   *mqtt.Client // the server's inline client, which routes stored telemetry
 	metrics  *metrics
 	audit    *auditAggregator
 	sessions *sessions
@@ -154,6 +155,11 @@ func New(opts Options) (*Broker, error) {
 		Logger:                 mochiLogger(opts.Logger),
 	})
 
+	inline, ok := server.Clients.Get(mqtt.InlineClientId)
+	if !ok {
+		return nil, fmt.Errorf("mqtt server has no inline client")
+	}
+
 	m, err := newMetrics(opts.Registerer, server.Info)
 	if err != nil {
 		return nil, err
@@ -163,6 +169,7 @@ func New(opts Options) (*Broker, error) {
 		log:      opts.Logger,
 		now:      opts.Now,
 		server:   server,
+		inline:   inline,
 		metrics:  m,
 		sessions: newSessions(),
 	}

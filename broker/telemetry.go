@@ -233,8 +233,7 @@ func (b *Broker) answerLoop(cl *mqtt.Client, dc *deviceConn) {
 
 // answer answers a QoS 0 or 1 telemetry message as mochi would have, had
 // the hook returned (see telemetryHook): accepted → PUBACK 0x00 (QoS 1),
-// retained if asked and routed to subscribers through the inline client
-// (with the payload as sent, but not the PUBLISH's MQTT 5 properties);
+// retained if asked and routed to subscribers (see route);
 // refused → reported, and for QoS 1 a PUBACK with the reason code (MQTT
 // 5) or a normal one (MQTT 3.1.1); retry → the connection is closed.
 func (b *Broker) answer(cl *mqtt.Client, pk packets.Packet, res ingest.Result) {
@@ -251,7 +250,7 @@ func (b *Broker) answer(cl *mqtt.Client, pk packets.Packet, res ingest.Result) {
 			text = ""
 		}
 	default:
-		if err := b.server.Publish(pk.TopicName, pk.Payload, pk.FixedHeader.Retain, pk.FixedHeader.Qos); err != nil {
+		if err := b.route(pk); err != nil {
 			b.log.Error("route telemetry", "device", cl.ID, "err", err)
 		}
 	}
@@ -270,6 +269,21 @@ func (b *Broker) answer(cl *mqtt.Client, pk packets.Packet, res ingest.Result) {
 		b.log.Debug("write telemetry puback", "device", cl.ID, "err", err)
 		cl.Stop(err)
 	}
+}
+
+// route passes a stored telemetry message on to subscribers, and retains
+// it if asked, through the inline client: as mochi would have, with the
+// payload as sent and the PUBLISH's MQTT 5 properties that a broker
+// forwards (payload format, message expiry, content type, response topic,
+// correlation data, user properties [MQTT-3.3.2]).
+func (b *Broker) route(pk packets.Packet) error {
+	return b.server.InjectPacket(b.inline, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain},
+		TopicName:   pk.TopicName,
+		Payload:     pk.Payload,
+		PacketID:    uint16(pk.FixedHeader.Qos), // as mochi's Publish: the inline client's QoS is not processed
+		Properties:  pk.Properties.Copy(false),
+	})
 }
 
 // reportRefused counts a refused message and reports it on the device's

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto"
 	"encoding/json"
@@ -105,6 +106,42 @@ func decodeReport(t *testing.T, m *paho.Publish) broker.ErrorReport {
 		t.Errorf("error report time %q: %v", r.Time, err)
 	}
 	return r
+}
+
+// TestTelemetry_RoutedWithProperties: a stored message reaches subscribers
+// with the MQTT 5 properties a broker forwards, at QoS 0 and 1.
+func TestTelemetry_RoutedWithProperties(t *testing.T) {
+	e, _ := MustStartIngest(t, accept)
+	in := e.integration(t)
+	id, cert := e.NewDevice()
+	dev := e.MustConnect(cert, id)
+	for _, qos := range []byte{0, 1} {
+		expiry := uint32(3600)
+		props := &paho.PublishProperties{
+			MessageExpiry:   &expiry,
+			ContentType:     "application/cose; cose-type=cose-sign1",
+			ResponseTopic:   "devices/" + id + "/replies",
+			CorrelationData: []byte{1, 2, qos},
+			User:            paho.UserProperties{{Key: "firmware", Value: "1.4.2"}, {Key: "firmware", Value: "again"}},
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := dev.Publish(ctx, &paho.Publish{Topic: broker.TelemetryTopic(id), QoS: qos, Payload: []byte("sealed"), Properties: props})
+		cancel()
+		if err != nil {
+			t.Fatalf("QoS %d: publish: %v", qos, err)
+		}
+		m := in.Receive(t)
+		got := m.Properties
+		switch {
+		case string(m.Payload) != "sealed":
+			t.Fatalf("QoS %d: integration received %q, want the telemetry message", qos, m.Payload)
+		case got == nil || got.ContentType != props.ContentType || got.ResponseTopic != props.ResponseTopic ||
+			!bytes.Equal(got.CorrelationData, props.CorrelationData) || !slices.Equal(got.User, props.User):
+			t.Fatalf("QoS %d: routed with properties %+v, want %+v", qos, got, props)
+		case got.MessageExpiry == nil || *got.MessageExpiry > expiry || *got.MessageExpiry < expiry-5:
+			t.Fatalf("QoS %d: routed with message expiry %v, want what is left of %d s", qos, got.MessageExpiry, expiry)
+		}
+	}
 }
 
 func TestTelemetry_AcceptedIsAckedAndRouted(t *testing.T) {
