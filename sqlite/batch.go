@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // maxBatch is how many write functions share one transaction at most.
 const maxBatch = 128
+
+// closeGrace is how long a group commit still waits for the writer's
+// connection once Close has begun.
+const closeGrace = 5 * time.Second
 
 // errClosed is returned for writes submitted after Close.
 var errClosed = errors.New("database closed")
@@ -96,11 +101,12 @@ func (db *DB) commitBatch(batch []*batchReq) {
 		}
 	}
 	ctx := context.Background()
-	tx, err := db.BeginTx(ctx, nil)
+	tx, release, err := db.beginBatch()
 	if err != nil {
 		fail(err)
 		return
 	}
+	defer release()
 	for i, r := range batch {
 		if err := r.ctx.Err(); err != nil {
 			errs[i] = err
@@ -132,4 +138,39 @@ func (db *DB) commitBatch(batch []*batchReq) {
 	for i, r := range batch {
 		r.done <- errs[i]
 	}
+}
+
+// beginBatch starts a group commit's write transaction, on a connection
+// of its own that release gives back. Its wait for the writer ends
+// closeGrace after Close begins: a write transaction left open (a bug)
+// would otherwise hold Close up for good. A batch that has the connection
+// is finished.
+func (db *DB) beginBatch() (tx *Tx, release func(), err error) {
+	if db.writer == nil {
+		return nil, nil, fmt.Errorf("database not open")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-db.batchStop:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-time.After(closeGrace):
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	conn, err := db.writer.Conn(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("begin transaction: %w", err)
+	}
+	sqlTx, err := conn.BeginTx(context.Background(), nil)
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("begin transaction: %w", err)
+	}
+	return &Tx{Tx: sqlTx, db: db, now: db.now()}, func() { conn.Close() }, nil
 }

@@ -1,6 +1,9 @@
 package sqlite
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // SetRestartPages sets the WAL length, in pages, at which the checkpointer
 // starts the WAL over. Call it before Open.
@@ -19,3 +22,8 @@ func (db *DB) KickCheckpointer() { db.kickCheckpointer() }
 // WriterWaits returns how many times a caller waited for the writer's
 // connection.
 func (db *DB) WriterWaits() int64 { return db.writer.Stats().WaitCount }
+
+// RunBatched runs fn in a group commit (runBatched).
+func (db *DB) RunBatched(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
+	return db.runBatched(ctx, fn)
+}

@@ -308,8 +308,7 @@ const optimizeWait = 2 * time.Second
 
 // Close closes the connection pools. Later calls on the services fail
 // with an error; closing twice is harmless. A write transaction left open
-// (a bug) does not hold up the checkpointer's part of it; it still holds
-// up a group commit waiting for the writer (runBatched).
+// (a bug) holds it up for a few seconds at most.
 func (db *DB) Close() error {
 	var errs []error
 	db.closeOnce.Do(db.stopBatcher)

@@ -528,6 +528,25 @@ func TestBackgroundCheckpoint(t *testing.T) {
 	}
 }
 
+// closeWhenWaiting waits until waiting reports that who waits for the
+// writer (held by a transaction left open), then fails t unless Close
+// returns within 20 s.
+func closeWhenWaiting(t *testing.T, db *sqlite.DB, who string, waiting func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !waiting(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not wait for the writer in 10 s", who)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- db.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("Close did not return in 20 s with a write transaction open and %s waiting for the writer", who)
+	}
+}
+
 // TestCloseWithWriteTransactionOpen: a write transaction left open (a bug)
 // holds the writer's connection, for which the checkpointer waits to start
 // the WAL over; Close ends that wait, long before the wait's own limit.
@@ -554,17 +573,32 @@ func TestCloseWithWriteTransactionOpen(t *testing.T) {
 	// The WAL is not empty, so the next round waits for the writer, if
 	// the last one is not waiting already.
 	db.KickCheckpointer()
-	for deadline := time.Now().Add(10 * time.Second); !waiting.Load(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the checkpointer did not wait for the writer in 10 s")
-		}
+	closeWhenWaiting(t, db, "the checkpointer", waiting.Load)
+}
+
+// TestCloseWithGroupCommitWaiting: a group commit waits for the writer's
+// connection, which a write transaction left open (a bug) holds; Close
+// gives it a few seconds and then ends the wait, and the write fails.
+func TestCloseWithGroupCommitWaiting(t *testing.T) {
+	ctx := context.Background()
+	db, _ := MustOpenDB(t, tempPath(t))
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	closed := make(chan error, 1)
-	go func() { closed <- db.Close() }()
-	select {
-	case <-closed:
-	case <-time.After(20 * time.Second):
-		t.Fatal("Close did not return in 20 s with a write transaction open and the checkpointer waiting for it")
+	defer tx.Rollback()
+	waits := db.WriterWaits()
+	ran := false
+	written := make(chan error, 1)
+	go func() {
+		written <- db.RunBatched(ctx, func(context.Context, *sqlite.Tx) error {
+			ran = true
+			return nil
+		})
+	}()
+	closeWhenWaiting(t, db, "a group commit", func() bool { return db.WriterWaits() > waits })
+	if err := <-written; err == nil || ran {
+		t.Fatalf("the waiting write: got %v (ran: %v), want an error and not run", err, ran)
 	}
 }
 
