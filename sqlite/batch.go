@@ -142,28 +142,13 @@ func (db *DB) commitBatch(batch []*batchReq) {
 
 // beginBatch starts a group commit's write transaction, on a connection
 // of its own that release gives back. Its wait for the writer ends
-// closeGrace after Close begins: a write transaction left open (a bug)
-// would otherwise hold Close up for good. A batch that has the connection
-// is finished.
+// closeGrace after Close begins (see writerConn); a batch that has the
+// connection is finished.
 func (db *DB) beginBatch() (tx *Tx, release func(), err error) {
 	if db.writer == nil {
 		return nil, nil, fmt.Errorf("database not open")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-db.batchStop:
-		case <-ctx.Done():
-			return
-		}
-		select {
-		case <-time.After(closeGrace):
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	conn, err := db.writer.Conn(ctx)
+	conn, err := db.writerConn(0, closeGrace)
 	if err != nil {
 		return nil, nil, fmt.Errorf("begin transaction: %w", err)
 	}
@@ -172,5 +157,5 @@ func (db *DB) beginBatch() (tx *Tx, release func(), err error) {
 		conn.Close()
 		return nil, nil, fmt.Errorf("begin transaction: %w", err)
 	}
-	return &Tx{Tx: sqlTx, db: db, now: db.now()}, func() { conn.Close() }, nil
+	return db.newTx(sqlTx, false), func() { conn.Close() }, nil
 }

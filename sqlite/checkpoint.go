@@ -152,24 +152,12 @@ func (db *DB) checkpoint() error {
 		db.testWriterWait(true)
 		defer db.testWriterWait(false)
 	}
-	// Close (batchStop) ends the wait too.
-	ctx, cancel := context.WithTimeout(context.Background(), db.writerWait)
-	defer cancel()
-	go func() {
-		select {
-		case <-db.batchStop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	start := time.Now()
-	w, err := db.writer.Conn(ctx)
+	w, err := db.writerConn(db.writerWait, 0) // Close ends the wait at once
 	if err != nil {
 		return fmt.Errorf("wait for the writer to start the WAL over: %w", err)
 	}
 	held := time.Now()
-	// Not bounded by ctx: the wait may have used up its time, and the
-	// round takes milliseconds.
 	err = w.QueryRowContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done)
 	w.Close()
 	if err != nil {

@@ -349,7 +349,44 @@ func (db *DB) BeginTx(ctx context.Context, opts *sql.TxOptions) (*Tx, error) {
 	if err != nil {
 		return nil, fmt.Errorf("begin transaction: %w", err)
 	}
-	return &Tx{Tx: tx, db: db, now: db.now(), readOnly: opts != nil && opts.ReadOnly}, nil
+	return db.newTx(tx, opts != nil && opts.ReadOnly), nil
+}
+
+// newTx returns tx with the time at which it started.
+func (db *DB) newTx(tx *sql.Tx, readOnly bool) *Tx {
+	return &Tx{Tx: tx, db: db, now: db.now(), readOnly: readOnly}
+}
+
+// writerConn waits for the writer's connection, for the caller alone: at
+// most limit (no limit if 0), and no longer than grace after Close begins,
+// so that a write transaction left open (a bug) cannot hold Close up for
+// good.
+func (db *DB) writerConn(limit, grace time.Duration) (*sql.Conn, error) {
+	var (
+		ctx    context.Context
+		cancel context.CancelFunc
+	)
+	if limit > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), limit)
+	} else {
+		ctx, cancel = context.WithCancel(context.Background())
+	}
+	defer cancel()
+	go func() {
+		select {
+		case <-db.batchStop:
+		case <-ctx.Done():
+			return
+		}
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return db.writer.Conn(ctx)
 }
 
 // Tx is a transaction with the time at which it started, used for every

@@ -64,11 +64,11 @@ const (
 //
 // WriteMessages writes a whole batch in one transaction with multi-row
 // INSERTs on statements prepared once. A reading that is a number and
-// nothing else, as most are, goes in through statements that name only
-// its four columns (binding the others as NULL cost about a sixth of a
-// pack's insert); the readings still go in their order. The commit is durable against a
-// crash of the process (kill -9) before WriteMessages returns: the
-// database is in WAL mode with synchronous=NORMAL, so a commit is a
+// nothing else, as most are, goes in through statements that name only its
+// four columns (binding the others as NULL cost about a sixth of a pack's
+// insert); the readings still go in their order. The commit is durable
+// against a crash of the process (kill -9) before WriteMessages returns:
+// the database is in WAL mode with synchronous=NORMAL, so a commit is a
 // write(2) of the WAL to the operating system, which survives the process.
 // It does not survive a power loss or kernel crash between the commit and
 // the next checkpoint; that would need synchronous=FULL (an fsync per
