@@ -94,6 +94,7 @@ func Run(t *testing.T, open func(t *testing.T) Stores) {
 		{"TelemetryRoundTrip", testTelemetryRoundTrip},
 		{"TelemetryFindReadings", testTelemetryFindReadings},
 		{"TelemetryStorageOrder", testTelemetryStorageOrder},
+		{"TelemetryInterleavedMessages", testTelemetryInterleavedMessages},
 		{"TelemetryLatest", testTelemetryLatest},
 		{"TelemetryAggregates", testTelemetryAggregates},
 		{"TelemetryRetention", testTelemetryRetention},

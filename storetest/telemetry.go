@@ -808,3 +808,90 @@ func testTelemetryConcurrent(t *testing.T, s Stores) {
 		}
 	}
 }
+
+// testTelemetryInterleavedMessages: messages whose readings of one series
+// interleave in time, arrive out of order, share times, or spread over
+// days (a device uploading what it kept offline) read back in time order,
+// then in the order stored, by every page size, in both directions, from
+// any point, in ranges, and with the newest as the latest.
+func testTelemetryInterleavedMessages(t *testing.T, s Stores) {
+	d := createDevice(t, s, "interleaved", nil)
+	type sent struct {
+		r     pylon.Reading
+		order int // place in the order stored
+	}
+	var all []sent
+	at := func(seq uint64, offsets ...time.Duration) *pylon.TelemetryMessage {
+		m := msg(d.ID, seq)
+		for _, o := range offsets {
+			v := float64(len(all))
+			r := pylon.Reading{Name: "x", Unit: "W", Time: T0.Add(o), Value: &v}
+			m.Readings = append(m.Readings, r)
+			all = append(all, sent{r, len(all)})
+		}
+		return m
+	}
+	h := time.Hour
+	write(t, s,
+		// A message over three days, its readings out of order.
+		at(1, 50*h, 0, 2*h, 72*h, 30*time.Minute, 3*h),
+		// Its neighbours in time, and readings at its times.
+		at(2, time.Minute, 2*time.Minute, 2*h, 2*h),
+		at(3, 71*h, 72*h, 73*h),
+	)
+	// Many small messages later, also between the others' readings.
+	for i := range 40 {
+		write(t, s, at(uint64(4+i), time.Duration(i)*90*time.Minute, time.Duration(i)*90*time.Minute+time.Second))
+	}
+	write(t, s, at(100, 0)) // the earliest time again, stored last
+	want := slices.Clone(all)
+	slices.SortStableFunc(want, func(a, b sent) int { return a.r.Time.Compare(b.r.Time) })
+	check := func(what string, got []*pylon.Reading, want []sent) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: got %d readings, want %d", what, len(got), len(want))
+		}
+		for i, r := range got {
+			if !r.Time.Equal(want[i].r.Time) || *r.Value != float64(want[i].order) {
+				t.Fatalf("%s: reading %d is %v at %v, want %d at %v", what, i, *r.Value, r.Time, want[i].order, want[i].r.Time)
+			}
+		}
+	}
+	reversed := slices.Clone(want)
+	slices.Reverse(reversed)
+	for _, limit := range []int{1, 2, 3, 7, 1000} {
+		check(fmt.Sprintf("ascending by %d", limit), allReadings(t, s, pylon.ReadingFilter{DeviceID: d.ID, Limit: limit}), want)
+		check(fmt.Sprintf("descending by %d", limit), allReadings(t, s, pylon.ReadingFilter{DeviceID: d.ID, Limit: limit, Desc: true}), reversed)
+	}
+	// Ranges that start and end inside the wide message's span.
+	for _, r := range [][2]time.Duration{{time.Minute, 3 * h}, {2 * h, 2*h + 1}, {49 * h, 72*h + 1}, {0, time.Nanosecond}} {
+		from, to := T0.Add(r[0]), T0.Add(r[1])
+		var in []sent
+		for _, w := range want {
+			if !w.r.Time.Before(from) && w.r.Time.Before(to) {
+				in = append(in, w)
+			}
+		}
+		check(fmt.Sprintf("ascending in [%v, %v)", r[0], r[1]), allReadings(t, s, pylon.ReadingFilter{DeviceID: d.ID, From: &from, To: &to, Limit: 2}), in)
+		slices.Reverse(in)
+		check(fmt.Sprintf("descending in [%v, %v)", r[0], r[1]), allReadings(t, s, pylon.ReadingFilter{DeviceID: d.ID, From: &from, To: &to, Limit: 2, Desc: true}), in)
+	}
+	latest, err := s.Telemetry.LatestReadings(context.Background(), d.ID)
+	if err != nil || len(latest) != 1 {
+		t.Fatalf("latest: got %v, %v; want one reading", latest, err)
+	}
+	check("latest", latest, reversed[:1])
+	// Counted once each, whatever block holds them.
+	buckets, err := s.Telemetry.AggregateReadings(context.Background(), pylon.AggregateFilter{
+		DeviceID: d.ID, Name: "x", From: T0, To: T0.Add(100 * h), Bucket: 24 * h, Agg: pylon.AggCount})
+	if err != nil {
+		t.Fatalf("aggregate: %v", err)
+	}
+	var n int64
+	for _, b := range buckets {
+		n += b.Count
+	}
+	if n != int64(len(all)) {
+		t.Fatalf("aggregate: counted %d readings, want %d", n, len(all))
+	}
+}
