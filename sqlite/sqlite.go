@@ -272,6 +272,12 @@ func (db *DB) migrate(ctx context.Context) error {
 	return rows.Err()
 }
 
+// migrationSteps are the parts of migrations written in Go, run in the
+// migration's transaction after its SQL.
+var migrationSteps = map[string]func(context.Context, *sql.Tx) error{
+	"006_reading_blocks.sql": migrateReadingBlocks,
+}
+
 // migrateFile applies one migration in a transaction and records it.
 func (db *DB) migrateFile(ctx context.Context, path, name string) error {
 	tx, err := db.writer.BeginTx(ctx, nil)
@@ -292,6 +298,11 @@ func (db *DB) migrateFile(ctx context.Context, path, name string) error {
 	}
 	if _, err := tx.ExecContext(ctx, string(buf)); err != nil {
 		return fmt.Errorf("apply: %w", err)
+	}
+	if step := migrationSteps[name]; step != nil {
+		if err := step(ctx, tx); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO migrations (name, applied_at) VALUES (?, ?)`, name, timeArg(db.now())); err != nil {
 		return fmt.Errorf("record migration: %w", err)

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -63,16 +64,16 @@ const (
 // # Writing
 //
 // WriteMessages writes a whole batch in one transaction with multi-row
-// INSERTs on statements prepared once. A reading that is a number and
-// nothing else, as most are, goes in through statements that name only its
-// four columns (binding the others as NULL cost about a sixth of a pack's
-// insert); the readings still go in their order. The commit is durable
-// against a crash of the process (kill -9) before WriteMessages returns:
-// the database is in WAL mode with synchronous=NORMAL, so a commit is a
-// write(2) of the WAL to the operating system, which survives the process.
-// It does not survive a power loss or kernel crash between the commit and
-// the next checkpoint; that would need synchronous=FULL (an fsync per
-// commit).
+// INSERTs on statements prepared once. Readings are stored in blocks
+// (block.go): a message's readings of one series are one row and one
+// index entry, where a row per reading made the single writer's B-tree
+// inserts, and the WAL pages they dirty, the limit of ingest. The commit
+// is durable against a crash of the process (kill -9) before
+// WriteMessages returns: the database is in WAL mode with
+// synchronous=NORMAL, so a commit is a write(2) of the WAL to the
+// operating system, which survives the process. It does not survive a
+// power loss or kernel crash between the commit and the next checkpoint;
+// that would need synchronous=FULL (an fsync per commit).
 //
 // Deduplication keeps no row per message: the sequences table holds each
 // device's runs of consecutive stored sequence numbers, and a device that
@@ -83,7 +84,7 @@ const (
 //
 // A batch reads its devices and their top runs in its transaction (one
 // query); only a message below its device's top run is looked up further.
-// The store caches the ID of each series in memory. The cache assumes that
+// The store caches the ID and span of each series in memory. The cache assumes that
 // this TelemetryService is the only writer of telemetry in its database;
 // one per DB. It is updated only after a commit. If a device was deleted
 // behind the cache's back, the batch fails on a constraint, and is then
@@ -96,12 +97,17 @@ type TelemetryService struct {
 	sem chan struct{}
 
 	series map[seriesKey]int64 // (device ID, name) → series ID
+	spans  map[int64]int64     // series ID → its span, as committed
 
-	upsertRuns     [7]*sql.Stmt // [k] inserts or extends 1<<k runs
-	insertReadings [7]*sql.Stmt // [k] inserts 1<<k readings
-	insertNumbers  [7]*sql.Stmt // [k] inserts 1<<k readings with only a number
+	upsertRuns   [7]*sql.Stmt // [k] inserts or extends 1<<k runs
+	insertBlocks [7]*sql.Stmt // [k] inserts 1<<k blocks
 
-	args, numArgs []any // reused argument buffers
+	// reused buffers
+	args    []any
+	recs    []blockRecord
+	blocks  []block
+	byName  map[int64][]*pylon.Reading
+	ordered []int64
 
 	readMu    sync.Mutex
 	readStmts map[string]*sql.Stmt // prepared on the reader pool, by query
@@ -118,6 +124,8 @@ func NewTelemetryService(db *DB) *TelemetryService {
 		db:     db,
 		sem:    make(chan struct{}, 1),
 		series: make(map[seriesKey]int64),
+		spans:  make(map[int64]int64),
+		byName: make(map[int64][]*pylon.Reading),
 
 		readStmts: make(map[string]*sql.Stmt),
 	}
@@ -178,32 +186,28 @@ func valuesSQL(rows, cols int) string {
 }
 
 const (
-	runCols     = 4
-	readingCols = 8
-	numberCols  = 4
+	runCols   = 4
+	blockCols = 6
 )
 
 // prepare prepares the insert statements on the writer pool once. It must
 // not run inside a write transaction: preparing needs the writer's only
 // connection.
 func (s *TelemetryService) prepare(ctx context.Context) error {
-	if s.insertReadings[0] != nil {
+	if s.insertBlocks[0] != nil {
 		return nil
 	}
 	if s.db.writer == nil {
 		return fmt.Errorf("database not open")
 	}
-	var stmts [3][7]*sql.Stmt
+	var stmts [2][7]*sql.Stmt
 	for k := range 7 {
 		for i, q := range []string{
 			`INSERT INTO sequences (device_id, lo, hi, received) VALUES ` + valuesSQL(1<<k, runCols) +
 				// Only the top run's extension meets a row; max: a run
 				// never shrinks nor looks older, whatever a caller does.
 				` ON CONFLICT (device_id, lo) DO UPDATE SET hi = max(hi, excluded.hi), received = max(received, excluded.received)`,
-			`INSERT INTO readings (series, time, unit, v, vs, vb, vd, s) VALUES ` + valuesSQL(1<<k, readingCols),
-			// Most readings are a number alone: binding the four other
-			// values as NULL cost a sixth of a pack's insert.
-			`INSERT INTO readings (series, time, unit, v) VALUES ` + valuesSQL(1<<k, numberCols),
+			`INSERT INTO blocks (series, t0, t1, n, unit, data) VALUES ` + valuesSQL(1<<k, blockCols),
 		} {
 			st, err := s.db.writer.PrepareContext(ctx, q)
 			if err != nil {
@@ -219,7 +223,7 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 			stmts[i][k] = st
 		}
 	}
-	s.upsertRuns, s.insertReadings, s.insertNumbers = stmts[0], stmts[1], stmts[2]
+	s.upsertRuns, s.insertBlocks = stmts[0], stmts[1]
 	return nil
 }
 
@@ -351,6 +355,7 @@ type batch struct {
 
 	added     map[string][]added  // device → the messages this batch stores
 	newSeries map[seriesKey]int64 // series created or looked up, cached after commit
+	newSpans  map[int64]int64     // spans widened, cached after commit
 }
 
 // write runs one attempt of WriteMessages. With fresh, it ignores the
@@ -363,7 +368,7 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 	}
 	defer tx.Rollback()
 	b := &batch{tx: tx, top: make(map[string]seqRun), hwm: make(map[string]int64),
-		added: make(map[string][]added), newSeries: make(map[seriesKey]int64)}
+		added: make(map[string][]added), newSeries: make(map[seriesKey]int64), newSpans: make(map[int64]int64)}
 
 	// The devices of the batch: whether they exist, and their top runs,
 	// read in the transaction (not cached: what the database holds is
@@ -443,6 +448,12 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 	}
 	for k, id := range b.newSeries {
 		s.series[k] = id
+	}
+	if len(s.spans)+len(b.newSpans) > maxCached {
+		clear(s.spans)
+	}
+	for id, span := range b.newSpans {
+		s.spans[id] = span
 	}
 	return statuses, nil
 }
@@ -563,56 +574,68 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 		return fmt.Errorf("write sequence numbers: %w", err)
 	}
 
-	// Readings go in their order (their IDs keep it): a reading of the
-	// other kind first writes the rows collected of this one.
-	ins = newInserter(ctx, b.tx, &s.insertReadings, readingCols, ins.args[:0])
-	nums := newInserter(ctx, b.tx, &s.insertNumbers, numberCols, s.numArgs[:0])
-	defer func() { s.args, s.numArgs = ins.args[:0], nums.args[:0] }()
+	// Readings go in blocks: per message, one for each series (more if
+	// its readings spread over more than maxBlockSpan).
+	ins = newInserter(ctx, b.tx, &s.insertBlocks, blockCols, ins.args[:0])
+	defer func() { s.args = ins.args[:0] }()
 	for _, m := range msgs {
+		clear(s.byName)
+		s.ordered = s.ordered[:0]
 		for j := range m.Readings {
 			r := &m.Readings[j]
 			id, err := s.seriesID(ctx, b, m.DeviceID, r.Name, fresh)
 			if err != nil {
 				return err
 			}
-			if r.Value != nil && r.StringValue == nil && r.BoolValue == nil && r.DataValue == nil && r.Sum == nil {
-				if err := ins.flush(); err != nil {
-					return staleOr(err, "insert readings")
-				}
-				if err := nums.add(id, r.Time.UnixNano(), r.Unit, *r.Value); err != nil {
-					return staleOr(err, "insert readings")
-				}
-				continue
+			if _, ok := s.byName[id]; !ok {
+				s.ordered = append(s.ordered, id)
 			}
-			if err := nums.flush(); err != nil {
+			s.byName[id] = append(s.byName[id], r)
+		}
+		s.blocks = s.blocks[:0]
+		for _, id := range s.ordered {
+			s.blocks = appendBlocks(s.blocks, id, s.byName[id])
+		}
+		for i := range s.blocks {
+			bl := &s.blocks[i]
+			var (
+				data []byte
+				err  error
+			)
+			data, s.recs, err = bl.encode(s.recs)
+			if err != nil {
+				return fmt.Errorf("encode readings: %w", err)
+			}
+			if err := ins.add(bl.series, bl.t0, bl.t1, len(bl.readings), bl.unit, data); err != nil {
 				return staleOr(err, "insert readings")
 			}
-			var v, vs, vb, vd, sum any
-			if r.Value != nil {
-				v = *r.Value
-			}
-			if r.StringValue != nil {
-				vs = *r.StringValue
-			}
-			if r.BoolValue != nil {
-				vb = *r.BoolValue
-			}
-			if r.DataValue != nil {
-				vd = r.DataValue
-			}
-			if r.Sum != nil {
-				sum = *r.Sum
-			}
-			if err := ins.add(id, r.Time.UnixNano(), r.Unit, v, vs, vb, vd, sum); err != nil {
-				return staleOr(err, "insert readings")
+			if err := s.widen(ctx, b, bl.series, bl.t1-bl.t0); err != nil {
+				return err
 			}
 		}
 	}
-	for _, in := range []*inserter{ins, nums} {
-		if err := in.flush(); err != nil {
-			return staleOr(err, "insert readings")
-		}
+	clear(s.byName)
+	clear(s.blocks)
+	if err := ins.flush(); err != nil {
+		return staleOr(err, "insert readings")
 	}
+	return nil
+}
+
+// widen records that series has a block spanning span nanoseconds, if
+// that is wider than any before.
+func (s *TelemetryService) widen(ctx context.Context, b *batch, series, span int64) error {
+	known, ok := b.newSpans[series]
+	if !ok {
+		known = s.spans[series]
+	}
+	if span <= known {
+		return nil
+	}
+	if _, err := b.tx.Tx.ExecContext(ctx, `UPDATE series SET span = max(span, ?) WHERE id = ?`, span, series); err != nil {
+		return staleOr(err, "widen series")
+	}
+	b.newSpans[series] = span
 	return nil
 }
 
@@ -694,22 +717,27 @@ func (in *inserter) flush() error {
 	return nil
 }
 
-// readingCursor is a position in a time-ordered list of readings.
+// readingCursor is a position in a time-ordered list of readings: the
+// key of the last reading of a page.
 type readingCursor struct {
 	desc bool
-	time int64
-	id   int64
+	readingKey
 }
+
+// cursorVersion starts every cursor; cursors of the row-per-reading store
+// ('r') are refused as invalid.
+const cursorVersion = 'b'
 
 // encode returns the cursor as an opaque string.
 func (c readingCursor) encode() string {
-	var b [18]byte
-	b[0] = 'r'
+	var b [22]byte
+	b[0] = cursorVersion
 	if c.desc {
 		b[1] = 1
 	}
 	binary.BigEndian.PutUint64(b[2:], uint64(c.time))
-	binary.BigEndian.PutUint64(b[10:], uint64(c.id))
+	binary.BigEndian.PutUint64(b[10:], uint64(c.block))
+	binary.BigEndian.PutUint32(b[18:], uint32(c.idx))
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
@@ -721,58 +749,46 @@ func decodeReadingCursor(s string, desc bool) (readingCursor, error) {
 		return readingCursor{}, bad
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) != 18 || b[0] != 'r' || b[1] > 1 || (b[1] == 1) != desc {
+	if err != nil || len(b) != 22 || b[0] != cursorVersion || b[1] > 1 || (b[1] == 1) != desc {
 		return readingCursor{}, bad
 	}
-	return readingCursor{desc: desc, time: int64(binary.BigEndian.Uint64(b[2:])), id: int64(binary.BigEndian.Uint64(b[10:]))}, nil
+	idx := binary.BigEndian.Uint32(b[18:])
+	if idx >= pylon.MaxReadingsPerMessage {
+		return readingCursor{}, bad
+	}
+	return readingCursor{desc: desc, readingKey: readingKey{
+		time:  int64(binary.BigEndian.Uint64(b[2:])),
+		block: int64(binary.BigEndian.Uint64(b[10:])),
+		idx:   int(idx),
+	}}, nil
 }
 
-// readingColumns are the columns scanned by scanReading, of readings r.
-const readingColumns = `r.id, r.series, r.time, r.unit, r.v, r.vs, r.vb, r.vd, r.vd IS NOT NULL, r.s`
+// blockColumns are the columns scanned by scanBlock, of blocks b.
+const blockColumns = `b.id, b.series, b.t0, b.unit, b.data`
 
-// scanReading scans readingColumns into a Reading, with the reading's ID
-// and series.
-func scanReading(row rowScanner) (*pylon.Reading, int64, int64, error) {
-	var (
-		r          pylon.Reading
-		id, series int64
-		t          int64
-		v, sum     sql.NullFloat64
-		vs         sql.NullString
-		vb         sql.NullBool
-		vd         []byte
-		hasVD      bool
-	)
-	if err := row.Scan(&id, &series, &t, &r.Unit, &v, &vs, &vb, &vd, &hasVD, &sum); err != nil {
-		return nil, 0, 0, err
+// scanBlock scans blockColumns.
+func scanBlock(row rowScanner) (*storedBlock, error) {
+	var b storedBlock
+	if err := row.Scan(&b.id, &b.series, &b.t0, &b.unit, &b.data); err != nil {
+		return nil, err
 	}
-	r.Time = time.Unix(0, t).UTC()
-	if v.Valid {
-		r.Value = &v.Float64
+	return &b, nil
+}
+
+// satSub returns a-b for b >= 0, no lower than minNanos-1.
+func satSub(a, b int64) int64 {
+	if a < minNanos-1+b {
+		return minNanos - 1
 	}
-	if vs.Valid {
-		r.StringValue = &vs.String
-	}
-	if vb.Valid {
-		r.BoolValue = &vb.Bool
-	}
-	if hasVD {
-		r.DataValue = vd
-		if vd == nil {
-			r.DataValue = []byte{}
-		}
-	}
-	if sum.Valid {
-		r.Sum = &sum.Float64
-	}
-	return &r, id, series, nil
+	return a - b
 }
 
 // FindReadings returns a page of the device's readings in time order
 // (newest first with Desc), at most f.Limit (default 1000, at most 10000),
 // and the cursor of the next page ("" on the last). From is inclusive, To
-// exclusive. An unknown device has no readings. Returns EINVALID for a
-// missing device ID or a bad cursor.
+// exclusive. Readings with equal times come in the order they were stored.
+// An unknown device has no readings. Returns EINVALID for a missing
+// device ID or a bad cursor.
 func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilter) ([]*pylon.Reading, string, error) {
 	if f.DeviceID == "" {
 		return nil, "", pylon.Errorf(pylon.EINVALID, "device_id: required")
@@ -785,9 +801,10 @@ func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilt
 	if f.To != nil {
 		to = nanos(*f.To)
 	}
-	// The open end of the range is a (time, id) bound: the cursor, or the
-	// end of the filter's range if the cursor lies outside it.
-	bound := readingCursor{desc: f.Desc, time: from, id: math.MinInt64}
+	// The open end of the range is a bound on the readings' keys: the
+	// cursor, or the end of the filter's range if the cursor lies outside
+	// it.
+	bound := readingKey{time: from, block: math.MinInt64, idx: math.MinInt}
 	if f.Desc {
 		bound.time = to
 	}
@@ -796,9 +813,8 @@ func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilt
 		if err != nil {
 			return nil, "", err
 		}
-		if !f.Desc && (c.time > bound.time || c.time == bound.time && c.id > bound.id) ||
-			f.Desc && (c.time < bound.time || c.time == bound.time && c.id < bound.id) {
-			bound = c
+		if cmp := c.readingKey.cmp(bound); !f.Desc && cmp > 0 || f.Desc && cmp < 0 {
+			bound = c.readingKey
 		}
 	}
 	if len(f.DeviceID) > 2*pylon.IDLen || len(f.Name) > pylon.MaxSenMLNameLen || from >= to {
@@ -808,143 +824,127 @@ func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilt
 	// No read transaction around the two queries: a series created in
 	// between is like a reading stored behind the cursor, which paging
 	// never promises to see.
-	names, ids, err := s.findSeries(ctx, f.DeviceID, f.Name)
+	names, ids, spans, err := s.findSeries(ctx, f.DeviceID, f.Name)
 	if err != nil {
 		return nil, "", err
 	}
-	var readings []*pylon.Reading
-	type key struct{ time, id int64 }
-	var keys []key
+	var page []keyed
 	for chunk := range slices.Chunk(ids, maxArms) {
-		q, args := pageQuery(chunk, bound, from, to, limit+1)
+		p := &pager{desc: f.Desc, bound: bound, from: from, to: to, limit: limit + 1}
+		for _, id := range chunk {
+			p.span = max(p.span, spans[id])
+		}
+		q, args := pageQuery(chunk, p)
 		rows, err := s.query(ctx, q, args...)
 		if err != nil {
 			return nil, "", fmt.Errorf("query readings: %w", err)
 		}
-		for rows.Next() {
-			r, id, series, err := scanReading(rows)
+		for !p.full() && rows.Next() {
+			b, err := scanBlock(rows)
+			if err == nil {
+				err = p.add(b)
+			}
 			if err != nil {
 				rows.Close()
-				return nil, "", fmt.Errorf("scan reading: %w", err)
+				return nil, "", fmt.Errorf("read readings: %w", err)
 			}
-			r.DeviceID, r.Name = f.DeviceID, names[series]
-			readings, keys = append(readings, r), append(keys, key{r.Time.UnixNano(), id})
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return nil, "", fmt.Errorf("query readings: %w", err)
 		}
+		p.finish()
+		page = append(page, p.out...)
 	}
 	if len(ids) > maxArms {
 		// Several chunks: merge their pages.
-		idx := make([]int, len(readings))
-		for i := range idx {
-			idx[i] = i
-		}
-		slices.SortFunc(idx, func(a, b int) int {
-			c := cmpInt(keys[a].time, keys[b].time)
-			if c == 0 {
-				c = cmpInt(keys[a].id, keys[b].id)
-			}
+		slices.SortFunc(page, func(a, b keyed) int {
 			if f.Desc {
-				c = -c
+				return b.key.cmp(a.key)
 			}
-			return c
+			return a.key.cmp(b.key)
 		})
-		idx = idx[:min(len(idx), limit+1)]
-		sorted, sortedKeys := make([]*pylon.Reading, len(idx)), make([]key, len(idx))
-		for i, j := range idx {
-			sorted[i], sortedKeys[i] = readings[j], keys[j]
-		}
-		readings, keys = sorted, sortedKeys
+		page = page[:min(len(page), limit+1)]
 	}
 	next := ""
-	if len(readings) > limit {
-		readings = readings[:limit]
-		last := keys[limit-1]
-		next = readingCursor{desc: f.Desc, time: last.time, id: last.id}.encode()
+	if len(page) > limit {
+		page = page[:limit]
+		next = readingCursor{desc: f.Desc, readingKey: page[limit-1].key}.encode()
 	}
-	if readings == nil {
-		readings = []*pylon.Reading{}
+	readings := make([]*pylon.Reading, len(page))
+	for i, k := range page {
+		k.r.DeviceID, k.r.Name = f.DeviceID, names[k.series]
+		readings[i] = k.r
 	}
 	return readings, next, nil
 }
 
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // findSeries returns the device's series (only the one named name, unless
-// name is ""): their names by ID, and their IDs in order.
-func (s *TelemetryService) findSeries(ctx context.Context, deviceID, name string) (map[int64]string, []int64, error) {
-	query, args := `SELECT id, name FROM series WHERE device_id = ? ORDER BY id`, []any{deviceID}
+// name is ""): their names by ID, their IDs in order, and their spans by
+// ID.
+func (s *TelemetryService) findSeries(ctx context.Context, deviceID, name string) (map[int64]string, []int64, map[int64]int64, error) {
+	query, args := `SELECT id, name, span FROM series WHERE device_id = ? ORDER BY id`, []any{deviceID}
 	if name != "" {
-		query, args = `SELECT id, name FROM series WHERE device_id = ? AND name = ?`, []any{deviceID, name}
+		query, args = `SELECT id, name, span FROM series WHERE device_id = ? AND name = ?`, []any{deviceID, name}
 	}
 	rows, err := s.query(ctx, query, args...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("query series: %w", err)
+		return nil, nil, nil, fmt.Errorf("query series: %w", err)
 	}
 	defer rows.Close()
-	names := make(map[int64]string)
+	names, spans := make(map[int64]string), make(map[int64]int64)
 	var ids []int64
 	for rows.Next() {
 		var (
-			id int64
-			n  string
+			id, span int64
+			n        string
 		)
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, nil, fmt.Errorf("scan series: %w", err)
+		if err := rows.Scan(&id, &n, &span); err != nil {
+			return nil, nil, nil, fmt.Errorf("scan series: %w", err)
 		}
-		names[id], ids = n, append(ids, id)
+		names[id], spans[id], ids = n, span, append(ids, id)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("query series: %w", err)
+		return nil, nil, nil, fmt.Errorf("query series: %w", err)
 	}
-	return names, ids, nil
+	return names, ids, spans, nil
 }
 
-// pageQuery returns a query for up to limit readings of the series ids
-// beyond bound and within [from, to), in bound's direction. Each series is
-// one arm of a UNION ALL that walks the (series, time) index in order;
-// SQLite merges the arms and stops at the limit, so a page costs about
-// limit rows read, however many readings the device has. The number of
-// arms is rounded up to a power of two (or maxArms), with arms for the
-// nonexistent series 0, so that few distinct statements exist to cache.
-func pageQuery(ids []int64, bound readingCursor, from, to int64, limit int) (string, []any) {
+// pageQuery returns a query for the blocks of the series ids that can
+// hold readings of p's page, in p's direction by t0. Each series is one
+// arm of a UNION ALL that walks the (series, t0) index in order; SQLite
+// merges the arms as the caller reads, and the caller stops when its page
+// is full, so a page costs about the blocks it takes, however many the
+// device has. The number of arms is rounded up to a power of two (or
+// maxArms), with arms for the nonexistent series 0, so that few distinct
+// statements exist to cache.
+func pageQuery(ids []int64, p *pager) (string, []any) {
 	arms := 1
 	for arms < len(ids) {
 		arms *= 2
 	}
 	arms = min(arms, max(maxArms, len(ids)))
-	// ?1, ?2: the (time, id) bound; ?3: the other end of the range;
-	// ?4: limit; ?5...: series IDs.
-	cond, order := `(r.time, r.id) > (?1, ?2) AND r.time < ?3`, `3, 1`
-	other := to
-	if bound.desc {
-		cond, order, other = `(r.time, r.id) < (?1, ?2) AND r.time >= ?3`, `3 DESC, 1 DESC`, from
+	// ?1 <= t0 < ?2; ?3...: series IDs. A block holds readings from its
+	// t0 to at most t0 + span.
+	lo, hi, order := satSub(p.bound.time, p.span), p.to, `3, 1`
+	if p.desc {
+		lo, hi, order = satSub(p.from, p.span), min(p.bound.time, maxNanos)+1, `3 DESC, 1 DESC`
 	}
 	var q strings.Builder
-	args := make([]any, 0, 4+len(ids))
-	args = append(args, bound.time, bound.id, other, limit)
+	args := make([]any, 0, 2+len(ids))
+	args = append(args, lo, hi)
 	for i := range arms {
 		if i > 0 {
 			q.WriteString(" UNION ALL ")
 		}
-		fmt.Fprintf(&q, `SELECT %s FROM readings r WHERE r.series = ?%d AND %s`, readingColumns, i+5, cond)
+		fmt.Fprintf(&q, `SELECT %s FROM blocks b WHERE b.series = ?%d AND b.t0 >= ?1 AND b.t0 < ?2`, blockColumns, i+3)
 		if i < len(ids) {
 			args = append(args, ids[i])
 		} else {
 			args = append(args, 0)
 		}
 	}
-	fmt.Fprintf(&q, ` ORDER BY %s LIMIT ?4`, order)
+	fmt.Fprintf(&q, ` ORDER BY %s`, order)
 	return q.String(), args
 }
 
@@ -955,27 +955,48 @@ func (s *TelemetryService) LatestReadings(ctx context.Context, deviceID string) 
 	if len(deviceID) > 2*pylon.IDLen {
 		return readings, nil
 	}
+	// The blocks that can hold a series' newest reading: the last by t0
+	// and those that reach as far.
 	rows, err := s.query(ctx, `
-		SELECT s.name, `+readingColumns+`
-		FROM series s JOIN readings r ON r.id = (
-			SELECT l.id FROM readings l WHERE l.series = s.id ORDER BY l.time DESC, l.id DESC LIMIT 1)
+		SELECT s.name, `+blockColumns+`
+		FROM series s JOIN blocks b ON b.series = s.id
+			AND b.t0 >= (SELECT max(x.t0) FROM blocks x WHERE x.series = s.id) - s.span
 		WHERE s.device_id = ?
 		ORDER BY s.name`, deviceID)
 	if err != nil {
 		return nil, fmt.Errorf("query latest readings: %w", err)
 	}
 	defer rows.Close()
+	var (
+		name   string
+		newest keyed
+	)
 	for rows.Next() {
-		var name string
-		r, _, _, err := scanReading(prefixScanner{rows, &name})
+		var n string
+		b, err := scanBlock(prefixScanner{rows, &n})
 		if err != nil {
-			return nil, fmt.Errorf("scan reading: %w", err)
+			return nil, fmt.Errorf("scan block: %w", err)
 		}
-		r.DeviceID, r.Name = deviceID, name
-		readings = append(readings, r)
+		if n != name && newest.r != nil {
+			readings = append(readings, newest.r)
+			newest = keyed{}
+		}
+		name = n
+		err = b.decode(func(k readingKey, r *pylon.Reading) {
+			if newest.r == nil || k.cmp(newest.key) > 0 {
+				r.DeviceID, r.Name = deviceID, n
+				newest = keyed{key: k, r: r}
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("query latest readings: %w", err)
+	}
+	if newest.r != nil {
+		readings = append(readings, newest.r)
 	}
 	return readings, nil
 }
@@ -990,14 +1011,6 @@ func (p prefixScanner) Scan(dest ...any) error {
 	return p.rows.Scan(append([]any{p.first}, dest...)...)
 }
 
-// aggExprs maps an aggregation to its SQL over v.
-var aggExprs = map[string]string{
-	pylon.AggAvg:   "avg(r.v)",
-	pylon.AggMin:   "min(r.v)",
-	pylon.AggMax:   "max(r.v)",
-	pylon.AggCount: "count(r.v)",
-}
-
 // floorDiv returns a/b rounded down, for b > 0.
 func floorDiv(a, b int64) int64 {
 	q := a / b
@@ -1007,6 +1020,28 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
+// aggregate accumulates the values of one bucket.
+type aggregate struct {
+	sum, comp float64 // Neumaier's compensated sum
+	min, max  float64
+	count     int64
+}
+
+func (a *aggregate) add(v float64) {
+	if a.count == 0 {
+		a.min, a.max = v, v
+	}
+	a.min, a.max = min(a.min, v), max(a.max, v)
+	t := a.sum + v
+	if math.Abs(a.sum) >= math.Abs(v) {
+		a.comp += (a.sum - t) + v
+	} else {
+		a.comp += (v - t) + a.sum
+	}
+	a.sum = t
+	a.count++
+}
+
 // AggregateReadings returns the numeric readings of one series of the
 // device in [From, To) aggregated in buckets aligned to multiples of
 // Bucket since the Unix epoch, in time order; empty buckets are left out.
@@ -1014,13 +1049,12 @@ func floorDiv(a, b int64) int64 {
 // missing device or name, an unknown aggregation, a bucket under one
 // second, To not after From, or more than 100000 buckets.
 func (s *TelemetryService) AggregateReadings(ctx context.Context, f pylon.AggregateFilter) ([]*pylon.Bucket, error) {
-	agg, ok := aggExprs[f.Agg]
 	switch {
 	case f.DeviceID == "":
 		return nil, pylon.Errorf(pylon.EINVALID, "device_id: required")
 	case f.Name == "":
 		return nil, pylon.Errorf(pylon.EINVALID, "name: required")
-	case !ok:
+	case f.Agg != pylon.AggAvg && f.Agg != pylon.AggMin && f.Agg != pylon.AggMax && f.Agg != pylon.AggCount:
 		return nil, pylon.Errorf(pylon.EINVALID, "agg: must be avg, min, max or count")
 	case f.Bucket < time.Second:
 		return nil, pylon.Errorf(pylon.EINVALID, "bucket: must be at least 1s")
@@ -1035,30 +1069,55 @@ func (s *TelemetryService) AggregateReadings(ctx context.Context, f pylon.Aggreg
 	if len(f.DeviceID) > 2*pylon.IDLen || len(f.Name) > pylon.MaxSenMLNameLen {
 		return buckets, nil
 	}
-	// start is floor(time / size) * size, also for times before 1970.
-	rows, err := s.query(ctx, `
-		SELECT r.time - r.time % ?1 - (CASE WHEN r.time % ?1 < 0 THEN ?1 ELSE 0 END) AS start, `+agg+`, count(r.v)
-		FROM readings r
-		WHERE r.series = (SELECT id FROM series WHERE device_id = ?2 AND name = ?3)
-			AND r.time >= ?4 AND r.time < ?5 AND r.v IS NOT NULL
-		GROUP BY start ORDER BY start`, size, f.DeviceID, f.Name, from, to)
+	_, ids, spans, err := s.findSeries(ctx, f.DeviceID, f.Name)
+	if err != nil || len(ids) == 0 {
+		return buckets, err
+	}
+	rows, err := s.query(ctx, `SELECT `+blockColumns+` FROM blocks b WHERE b.series = ? AND b.t0 >= ? AND b.t0 < ?`,
+		ids[0], satSub(from, spans[ids[0]]), to)
 	if err != nil {
 		return nil, fmt.Errorf("aggregate readings: %w", err)
 	}
 	defer rows.Close()
+	aggs := make(map[int64]*aggregate)
 	for rows.Next() {
-		var (
-			start int64
-			b     pylon.Bucket
-		)
-		if err := rows.Scan(&start, &b.Value, &b.Count); err != nil {
-			return nil, fmt.Errorf("scan bucket: %w", err)
+		b, err := scanBlock(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scan block: %w", err)
 		}
-		b.Start = time.Unix(0, start).UTC()
-		buckets = append(buckets, &b)
+		err = b.decode(func(k readingKey, r *pylon.Reading) {
+			if r.Value == nil || k.time < from || k.time >= to {
+				return
+			}
+			start := floorDiv(k.time, size)
+			a := aggs[start]
+			if a == nil {
+				a = &aggregate{}
+				aggs[start] = a
+			}
+			a.add(*r.Value)
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("aggregate readings: %w", err)
+	}
+	for _, start := range slices.Sorted(maps.Keys(aggs)) {
+		a := aggs[start]
+		b := &pylon.Bucket{Start: time.Unix(0, start*size).UTC(), Count: a.count}
+		switch f.Agg {
+		case pylon.AggAvg:
+			b.Value = (a.sum + a.comp) / float64(a.count)
+		case pylon.AggMin:
+			b.Value = a.min
+		case pylon.AggMax:
+			b.Value = a.max
+		case pylon.AggCount:
+			b.Value = float64(a.count)
+		}
+		buckets = append(buckets, b)
 	}
 	return buckets, nil
 }
@@ -1066,21 +1125,33 @@ func (s *TelemetryService) AggregateReadings(ctx context.Context, f pylon.Aggreg
 // DeleteReadingsBefore deletes the readings older than t and the runs of
 // sequence numbers whose last message was received before t, and returns
 // how many readings went. It deletes in transactions of at most 10000
-// rows, so that ingest is never held up for long. Each device's top run is
-// kept, so that replay protection outlives retention.
+// blocks, so that ingest is never held up for long: first the blocks all
+// older than t, then it rewrites those that straddle t without their
+// older readings. Each device's top run is kept, so that replay
+// protection outlives retention.
 func (s *TelemetryService) DeleteReadingsBefore(ctx context.Context, t time.Time) (int64, error) {
 	before := nanos(t)
 	var total int64
 	for series := int64(0); ; {
-		n, last, err := s.deleteReadingsChunk(ctx, series, before)
+		blocks, n, last, err := s.deleteBlocksChunk(ctx, series, before)
 		total += n
 		if err != nil {
 			return total, err
 		}
-		if n < deleteChunk {
+		if blocks < deleteChunk {
 			break
 		}
 		series = last
+	}
+	for {
+		blocks, n, err := s.trimBlocksChunk(ctx, before)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if blocks < trimChunk {
+			break
+		}
 	}
 	if _, err := s.db.deleteChunked(ctx, `
 		DELETE FROM sequences WHERE (device_id, lo) IN (
@@ -1092,40 +1163,95 @@ func (s *TelemetryService) DeleteReadingsBefore(ctx context.Context, t time.Time
 	return total, nil
 }
 
-// deleteReadingsChunk deletes up to deleteChunk readings older than
-// before, of the series from fromSeries on, in one transaction. It returns
-// how many it deleted and the highest series it deleted from.
-func (s *TelemetryService) deleteReadingsChunk(ctx context.Context, fromSeries, before int64) (n, last int64, err error) {
+// deleteBlocksChunk deletes up to deleteChunk blocks whose readings are
+// all older than before, of the series from fromSeries on, in one
+// transaction. It returns how many blocks and readings it deleted and the
+// highest series it deleted from.
+func (s *TelemetryService) deleteBlocksChunk(ctx context.Context, fromSeries, before int64) (blocks, readings, last int64, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer tx.Rollback()
+	rows, err := tx.Tx.QueryContext(ctx, `
+		DELETE FROM blocks WHERE id IN (
+			SELECT b.id FROM series s JOIN blocks b ON b.series = s.id
+			WHERE s.id >= ?1 AND b.t0 < ?2 AND b.t1 < ?2
+			ORDER BY s.id LIMIT ?3)
+		RETURNING series, n`, fromSeries, before, deleteChunk)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("delete readings: %w", err)
+	}
+	for rows.Next() {
+		var series, n int64
+		if err := rows.Scan(&series, &n); err != nil {
+			rows.Close()
+			return 0, 0, 0, fmt.Errorf("delete readings: %w", err)
+		}
+		blocks, readings, last = blocks+1, readings+n, max(last, series)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, 0, 0, fmt.Errorf("delete readings: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, 0, 0, fmt.Errorf("commit delete readings: %w", err)
+	}
+	return blocks, readings, last, nil
+}
+
+// trimChunk is how many blocks one retention transaction rewrites at most.
+const trimChunk = 1000
+
+// trimBlocksChunk rewrites up to trimChunk blocks that hold readings both
+// older than before and not, without the older ones, in one transaction.
+// It returns how many blocks it rewrote and how many readings went.
+func (s *TelemetryService) trimBlocksChunk(ctx context.Context, before int64) (blocks, readings int64, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer tx.Rollback()
-	rows, err := tx.Tx.QueryContext(ctx, `
-		DELETE FROM readings WHERE id IN (
-			SELECT r.id FROM series s JOIN readings r ON r.series = s.id
-			WHERE s.id >= ?1 AND r.time < ?2
-			ORDER BY s.id LIMIT ?3)
-		RETURNING series`, fromSeries, before, deleteChunk)
+	// Past deleteBlocksChunk, each series has few blocks with t0 < before:
+	// those reaching past it.
+	stored, err := queryAll(ctx, tx.Tx, "blocks to trim", scanBlock, `
+		SELECT `+blockColumns+` FROM series s JOIN blocks b ON b.series = s.id
+		WHERE b.t0 < ?1 AND b.t1 >= ?1 LIMIT ?2`, before, trimChunk)
 	if err != nil {
-		return 0, 0, fmt.Errorf("delete readings: %w", err)
+		return 0, 0, err
 	}
-	for rows.Next() {
-		var series int64
-		if err := rows.Scan(&series); err != nil {
-			rows.Close()
-			return 0, 0, fmt.Errorf("delete readings: %w", err)
+	var recs []blockRecord
+	for _, sb := range stored {
+		bl := block{series: sb.series, unit: sb.unit}
+		gone := int64(0)
+		err := sb.decode(func(k readingKey, r *pylon.Reading) {
+			if k.time < before {
+				gone++
+				return
+			}
+			bl.readings = append(bl.readings, r)
+		})
+		if err != nil {
+			return 0, 0, err
 		}
-		n, last = n+1, max(last, series)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, 0, fmt.Errorf("delete readings: %w", err)
+		if len(bl.readings) == 0 { // t1 >= before: cannot happen
+			return 0, 0, fmt.Errorf("trim block %d: no reading at or after its t1", sb.id)
+		}
+		bl.t0 = bl.readings[0].Time.UnixNano()
+		var data []byte
+		if data, recs, err = bl.encode(recs); err != nil {
+			return 0, 0, fmt.Errorf("trim block %d: %w", sb.id, err)
+		}
+		if _, err := tx.Tx.ExecContext(ctx, `UPDATE blocks SET t0 = ?, n = ?, data = ? WHERE id = ?`,
+			bl.t0, len(bl.readings), data, sb.id); err != nil {
+			return 0, 0, fmt.Errorf("trim block %d: %w", sb.id, err)
+		}
+		blocks, readings = blocks+1, readings+gone
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, 0, fmt.Errorf("commit delete readings: %w", err)
+		return 0, 0, fmt.Errorf("commit trim readings: %w", err)
 	}
-	return n, last, nil
+	return blocks, readings, nil
 }
 
 // deleteChunked runs query, a DELETE of at most deleteChunk rows whose

@@ -6,7 +6,9 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -114,8 +116,9 @@ func TestTelemetryQuarantineReason(t *testing.T) {
 }
 
 func TestTelemetryRetentionChunks(t *testing.T) {
-	// More readings and runs of sequence numbers than one deletion
-	// transaction (10000) takes.
+	// More blocks and runs of sequence numbers than one deletion
+	// transaction (10000) takes, and more blocks reaching past the cut
+	// than one trimming transaction (1000) takes.
 	db, _ := MustOpenDB(t, tempPath(t))
 	ts := sqlite.NewTelemetryService(db)
 	devs := createDevices(t, db, 3)
@@ -134,7 +137,19 @@ func TestTelemetryRetentionChunks(t *testing.T) {
 	for i := range 12_000 {
 		dev := devs[i%len(devs)]
 		seq[dev] += 2 // a gap: each message a run of its own
-		msgs = append(msgs, &pylon.TelemetryMessage{DeviceID: dev, Seq: seq[dev], Received: old})
+		msgs = append(msgs, &pylon.TelemetryMessage{DeviceID: dev, Seq: seq[dev], Received: old,
+			Readings: []pylon.Reading{reading("single", old.Add(time.Duration(i)*time.Microsecond), 2)}})
+	}
+	// Blocks on both sides of the cut: 1,500 series with a reading before
+	// and one after it.
+	cut := storetest.T0.Add(-time.Hour)
+	for i := range 1500 {
+		dev := devs[i%len(devs)]
+		seq[dev]++
+		msgs = append(msgs, &pylon.TelemetryMessage{DeviceID: dev, Seq: seq[dev], Received: old, Readings: []pylon.Reading{
+			reading(fmt.Sprintf("both%d", i), cut.Add(-time.Second), 3),
+			reading(fmt.Sprintf("both%d", i), cut.Add(time.Second), 4),
+		}})
 	}
 	for batch := range slices.Chunk(msgs, 1000) {
 		mustWrite(t, ts, pylon.WriteStored, batch...)
@@ -145,19 +160,26 @@ func TestTelemetryRetentionChunks(t *testing.T) {
 	mustWrite(t, ts, pylon.WriteStored, &pylon.TelemetryMessage{DeviceID: dev, Seq: seq[dev], Received: storetest.T0,
 		Readings: []pylon.Reading{reading("n0", storetest.T0, 1)}})
 
-	n, err := ts.DeleteReadingsBefore(context.Background(), storetest.T0.Add(-time.Hour))
-	if err != nil || n != 25_000 {
-		t.Fatalf("got %d deleted, %v; want 25000", n, err)
+	n, err := ts.DeleteReadingsBefore(context.Background(), cut)
+	if err != nil || n != 25_000+12_000+1500 {
+		t.Fatalf("got %d deleted, %v; want %d", n, err, 25_000+12_000+1500)
 	}
 	raw := openRaw(t, db.DSN)
-	var readings, runs int
-	if err := raw.QueryRow(`SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM sequences)`).Scan(&readings, &runs); err != nil {
+	var readings, blocks, runs int
+	if err := raw.QueryRow(`SELECT (SELECT coalesce(sum(n), 0) FROM blocks), (SELECT count(*) FROM blocks), (SELECT count(*) FROM sequences)`).Scan(&readings, &blocks, &runs); err != nil {
 		t.Fatal(err)
 	}
-	// Left: the recent reading; the top run of each device (the first
-	// device's holds the recent message).
-	if readings != 1 || runs != len(devs) {
-		t.Fatalf("got %d readings and %d runs left, want 1 and %d", readings, runs, len(devs))
+	// Left: the recent reading and the later reading of each straddling
+	// block; the top run of each device (the first device's holds the
+	// recent message).
+	if readings != 1501 || blocks != 1501 || runs != len(devs) {
+		t.Fatalf("got %d readings in %d blocks and %d runs left, want 1501, 1501 and %d", readings, blocks, runs, len(devs))
+	}
+	for i := range 1500 {
+		got, _, err := ts.FindReadings(context.Background(), pylon.ReadingFilter{DeviceID: devs[i%len(devs)], Name: fmt.Sprintf("both%d", i)})
+		if err != nil || len(got) != 1 || !got[0].Time.Equal(cut.Add(time.Second)) || *got[0].Value != 4 {
+			t.Fatalf("series both%d after the cut: got %v, %v; want the reading of 4 at %v", i, got, err, cut.Add(time.Second))
+		}
 	}
 }
 
@@ -648,21 +670,30 @@ func TestWALRestartsUnderSteadyWrites(t *testing.T) {
 	t.Logf("%d restarts in %d commits", walSeq()-first, seq)
 }
 
+// closedWithDevices makes a database file with n devices, closes it, and
+// returns its path and the devices' IDs: a database to turn back into an
+// older schema.
+func closedWithDevices(t *testing.T, n int) (string, []string) {
+	t.Helper()
+	path := tempPath(t)
+	db := sqlite.NewDB(path, nil)
+	if err := db.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	devs := createDevices(t, db, n)
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path, devs
+}
+
 // TestMigration005_SequenceRuns applies migration 005 to a database that
 // still has the message log of 002, with gaps: the stored sequence
 // numbers become runs, and deduplication and the replay window decide as
 // before.
 func TestMigration005_SequenceRuns(t *testing.T) {
 	ctx := context.Background()
-	path := tempPath(t)
-	db := sqlite.NewDB(path, nil)
-	if err := db.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	devs := createDevices(t, db, 2)
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path, devs := closedWithDevices(t, 2)
 	raw := openRaw(t, path)
 	stmts := []string{
 		`DROP TABLE sequences`,
@@ -683,7 +714,7 @@ func TestMigration005_SequenceRuns(t *testing.T) {
 	}
 	raw.Close()
 
-	db, _ = MustOpenDB(t, path) // applies 005
+	db, _ := MustOpenDB(t, path) // applies 005
 	rows, err := openRaw(t, path).Query(`SELECT device_id, lo, hi, received FROM sequences ORDER BY device_id = ?, lo`, devs[1])
 	if err != nil {
 		t.Fatal(err)
@@ -714,5 +745,126 @@ func TestMigration005_SequenceRuns(t *testing.T) {
 		pylon.WriteStored, pylon.WriteDuplicate, pylon.WriteStored}
 	if !slices.Equal(st, want) {
 		t.Fatalf("after the migration: got statuses %v, want %v", st, want)
+	}
+}
+
+// TestMigration006_ReadingBlocks writes readings as rows of the old
+// readings table and checks that, after the migration moves them into
+// blocks, every series reads back the same readings in the same order.
+func TestMigration006_ReadingBlocks(t *testing.T) {
+	ctx := context.Background()
+	path, devs := closedWithDevices(t, 2)
+	raw := openRaw(t, path)
+	for _, q := range []string{
+		`DROP TABLE blocks`,
+		`ALTER TABLE series DROP COLUMN span`,
+		`CREATE TABLE readings (id INTEGER PRIMARY KEY, series INTEGER NOT NULL REFERENCES series (id) ON DELETE CASCADE,
+			time INTEGER NOT NULL, unit TEXT NOT NULL DEFAULT '', v, vs TEXT, vb INTEGER, vd BLOB, s)`,
+		`CREATE INDEX readings_series_time_idx ON readings (series, time)`,
+		`DELETE FROM migrations WHERE name = '006_reading_blocks.sql'`,
+		fmt.Sprintf(`INSERT INTO series (device_id, name) VALUES ('%s', 'temp'), ('%s', 'mixed'), ('%s', 'temp')`, devs[0], devs[0], devs[1]),
+	} {
+		if _, err := raw.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	// Series 1: 2,500 readings, two at each time, stored newest first, so
+	// that the order of rows is not the order of times. Series 2: every
+	// kind of value, units that differ, over three hours (more than one
+	// block's span). Series 3: another device's.
+	want := map[int][]pylon.Reading{}
+	var exec interface {
+		Exec(query string, args ...any) (sql.Result, error)
+	} = raw
+	insert := func(series int, r pylon.Reading) {
+		var v, vs, vb, vd, sum any
+		if r.Value != nil {
+			v = *r.Value
+		}
+		if r.StringValue != nil {
+			vs = *r.StringValue
+		}
+		if r.BoolValue != nil {
+			vb = *r.BoolValue
+		}
+		if r.DataValue != nil {
+			vd = r.DataValue
+		}
+		if r.Sum != nil {
+			sum = *r.Sum
+		}
+		if _, err := exec.Exec(`INSERT INTO readings (series, time, unit, v, vs, vb, vd, s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			series, r.Time.UnixNano(), r.Unit, v, vs, vb, vd, sum); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, err := raw.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec = tx
+	for i := 2499; i >= 0; i-- {
+		insert(1, reading("temp", storetest.T0.Add(time.Duration(i/2)*time.Second), float64(i)))
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	exec = raw
+	for i := 2499; i >= 0; i-- {
+		// Equal times come in the order of their rows: here, i+1 first.
+		want[1] = append(want[1], reading("temp", storetest.T0.Add(time.Duration(i/2)*time.Second), float64(i)))
+	}
+	slices.SortStableFunc(want[1], func(a, b pylon.Reading) int { return a.Time.Compare(b.Time) })
+	str, yes, sum, neg := "on", true, 12.5, math.Copysign(0, -1)
+	for i, r := range []pylon.Reading{
+		{Unit: "Cel", Value: &neg},
+		{Unit: "", StringValue: &str},
+		{Unit: "Cel", BoolValue: &yes},
+		{Unit: "Cel", DataValue: []byte{}},
+		{Unit: "W", DataValue: []byte{1, 2, 3}},
+		{Unit: "J", Sum: &sum},
+		{Unit: "J", Value: &sum, Sum: &sum},
+	} {
+		r.Name, r.Time = "mixed", storetest.T0.Add(time.Duration(i)*30*time.Minute)
+		insert(2, r)
+		want[2] = append(want[2], r)
+	}
+	insert(3, reading("temp", storetest.T0, 7))
+	want[3] = []pylon.Reading{reading("temp", storetest.T0, 7)}
+	raw.Close()
+
+	db, _ := MustOpenDB(t, path) // applies 006
+	ts := sqlite.NewTelemetryService(db)
+	for series, dev := range map[int]string{1: devs[0], 2: devs[0], 3: devs[1]} {
+		name := want[series][0].Name
+		var got []pylon.Reading
+		for cursor := ""; ; {
+			page, next, err := ts.FindReadings(ctx, pylon.ReadingFilter{DeviceID: dev, Name: name, Cursor: cursor, Limit: 333})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range page {
+				got = append(got, *r)
+			}
+			if cursor = next; cursor == "" {
+				break
+			}
+		}
+		for i := range want[series] {
+			want[series][i].DeviceID = dev
+			want[series][i].Time = time.Unix(0, want[series][i].Time.UnixNano()).UTC()
+		}
+		if !reflect.DeepEqual(got, want[series]) {
+			t.Errorf("series %d after the migration: got %d readings, want %d; first got %+v, want %+v",
+				series, len(got), len(want[series]), got[:min(3, len(got))], want[series][:min(3, len(want[series]))])
+		}
+	}
+	got, _, err := ts.FindReadings(ctx, pylon.ReadingFilter{DeviceID: devs[0], Name: "mixed", Limit: 1})
+	if err != nil || len(got) != 1 || got[0].Value == nil || !math.Signbit(*got[0].Value) {
+		t.Fatalf("-0 after the migration: got %+v (%v)", got, err)
+	}
+	var tables int
+	if err := openRaw(t, path).QueryRow(`SELECT count(*) FROM sqlite_schema WHERE name = 'readings'`).Scan(&tables); err != nil || tables != 0 {
+		t.Fatalf("readings table left: %d (%v)", tables, err)
 	}
 }

@@ -1,0 +1,342 @@
+package sqlite
+
+import (
+	"cmp"
+	"container/heap"
+	"context"
+	"database/sql"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/pylonhq/pylon"
+)
+
+// Readings are stored in blocks (migration 006_reading_blocks.sql): one row
+// holds the readings of one series that one message brought, in time
+// order, as a CBOR array. A block spans at most maxBlockSpan; a message
+// whose readings of a series spread wider makes several.
+const maxBlockSpan = int64(time.Hour)
+
+// blockRecord is one reading in a block's data. Time is DT nanoseconds
+// after the block's t0; U is set only if the unit is not the block's.
+type blockRecord struct {
+	DT uint64   `cbor:"1,keyasint,omitempty"`
+	U  *string  `cbor:"2,keyasint,omitempty"`
+	V  *float64 `cbor:"3,keyasint,omitempty"`
+	VS *string  `cbor:"4,keyasint,omitempty"`
+	VB *bool    `cbor:"5,keyasint,omitempty"`
+	VD *[]byte  `cbor:"6,keyasint,omitempty"`
+	S  *float64 `cbor:"7,keyasint,omitempty"`
+}
+
+var (
+	// blockEnc writes floats in their shortest exact form: a reading of
+	// 21.5625 takes 3 bytes, and every float64 comes back bit for bit.
+	blockEnc = must(cbor.EncOptions{ShortestFloat: cbor.ShortestFloat16}.EncMode())
+	// blockDec bounds what a block may hold: a message has at most
+	// pylon.MaxReadingsPerMessage readings.
+	blockDec = must(cbor.DecOptions{
+		MaxArrayElements: pylon.MaxReadingsPerMessage,
+		MaxMapPairs:      16,
+		MaxNestedLevels:  4,
+	}.DecMode())
+)
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// block is a block to write: readings of one series in time order.
+type block struct {
+	series   int64
+	t0, t1   int64
+	unit     string
+	readings []*pylon.Reading
+}
+
+// appendBlocks appends to dst the blocks of one message's readings of
+// one series, rs in the message's order. The readings are sorted by time,
+// stably (equal times keep the message's order), and cut where a block
+// would span more than maxBlockSpan.
+func appendBlocks(dst []block, series int64, rs []*pylon.Reading) []block {
+	slices.SortStableFunc(rs, func(a, b *pylon.Reading) int { return a.Time.Compare(b.Time) })
+	start := 0
+	for i := 1; i <= len(rs); i++ {
+		if i < len(rs) && rs[i].Time.UnixNano()-rs[start].Time.UnixNano() <= maxBlockSpan {
+			continue
+		}
+		dst = append(dst, block{
+			series:   series,
+			t0:       rs[start].Time.UnixNano(),
+			t1:       rs[i-1].Time.UnixNano(),
+			unit:     rs[start].Unit,
+			readings: rs[start:i],
+		})
+		start = i
+	}
+	return dst
+}
+
+// encode returns the block's data.
+func (b *block) encode(recs []blockRecord) ([]byte, []blockRecord, error) {
+	recs = recs[:0]
+	for _, r := range b.readings {
+		rec := blockRecord{
+			DT: uint64(r.Time.UnixNano() - b.t0),
+			V:  r.Value, VS: r.StringValue, VB: r.BoolValue, S: r.Sum,
+		}
+		if r.Unit != b.unit {
+			rec.U = &r.Unit
+		}
+		if r.DataValue != nil {
+			rec.VD = &r.DataValue
+		}
+		recs = append(recs, rec)
+	}
+	data, err := blockEnc.Marshal(recs)
+	clear(recs) // let the values go
+	return data, recs[:0], err
+}
+
+// readingKey orders readings: by time, then by block, then by place in
+// the block (which keeps the order of a message's readings with equal
+// times). Block IDs only grow, so readings with equal times come in the
+// order they were stored.
+type readingKey struct {
+	time, block int64
+	idx         int
+}
+
+func (a readingKey) cmp(b readingKey) int {
+	if c := cmp.Compare(a.time, b.time); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.block, b.block); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.idx, b.idx)
+}
+
+// storedBlock is a block as read: its row.
+type storedBlock struct {
+	id, series, t0 int64
+	unit           string
+	data           []byte
+}
+
+// decode calls visit with each reading of the block and its key, in
+// order. The readings have no device ID or name.
+func (b *storedBlock) decode(visit func(readingKey, *pylon.Reading)) error {
+	var recs []blockRecord
+	if err := blockDec.Unmarshal(b.data, &recs); err != nil {
+		return fmt.Errorf("decode block %d: %w", b.id, err)
+	}
+	for i := range recs {
+		rec := &recs[i]
+		if rec.DT > uint64(maxNanos-b.t0) {
+			return fmt.Errorf("decode block %d: reading %d out of range", b.id, i)
+		}
+		t := b.t0 + int64(rec.DT)
+		r := &pylon.Reading{
+			Unit: b.unit, Time: time.Unix(0, t).UTC(),
+			Value: rec.V, StringValue: rec.VS, BoolValue: rec.VB, Sum: rec.S,
+		}
+		if rec.U != nil {
+			r.Unit = *rec.U
+		}
+		if rec.VD != nil {
+			r.DataValue = *rec.VD
+			if r.DataValue == nil {
+				r.DataValue = []byte{}
+			}
+		}
+		visit(readingKey{t, b.id, i}, r)
+	}
+	return nil
+}
+
+// keyed is a decoded reading with its key and series.
+type keyed struct {
+	key    readingKey
+	series int64
+	r      *pylon.Reading
+}
+
+// pager makes a page of readings from blocks read in the order of their
+// t0 (descending for desc), with equal t0 in the order of their IDs.
+// Readings wait in a heap until no block still to come can hold one that
+// goes before them: going up, a reading before the next block's t0;
+// going down, one after the next block's t0 plus span, the widest block
+// of the series read.
+type pager struct {
+	desc     bool
+	span     int64
+	bound    readingKey // exclusive: the page starts after it
+	from, to int64      // readings in [from, to)
+	limit    int
+
+	wait waiting
+	out  []keyed
+}
+
+// full reports whether the page has its limit of readings.
+func (p *pager) full() bool { return len(p.out) >= p.limit }
+
+// add adds the readings of b that belong on the page, after emitting
+// those that no later block can precede.
+func (p *pager) add(b *storedBlock) error {
+	p.emit(b.t0, false)
+	return b.decode(func(k readingKey, r *pylon.Reading) {
+		if k.time < p.from || k.time >= p.to {
+			return
+		}
+		if c := k.cmp(p.bound); !p.desc && c <= 0 || p.desc && c >= 0 {
+			return
+		}
+		heap.Push(&p.wait, keyed{key: k, series: b.series, r: r})
+	})
+}
+
+// finish emits what waits: no block is left.
+func (p *pager) finish() { p.emit(0, true) }
+
+// emit moves waiting readings to the page, in order, while they cannot be
+// preceded by a reading of a block whose t0 is next (any, with all).
+func (p *pager) emit(next int64, all bool) {
+	p.wait.desc = p.desc
+	for len(p.wait.k) > 0 && !p.full() {
+		top := p.wait.k[0].key.time
+		if !all && (!p.desc && top >= next || p.desc && (top <= next || uint64(top)-uint64(next) <= uint64(p.span))) {
+			return
+		}
+		p.out = append(p.out, heap.Pop(&p.wait).(keyed))
+	}
+}
+
+// waiting is a heap of readings, first in page order on top.
+type waiting struct {
+	desc bool
+	k    []keyed
+}
+
+func (w *waiting) Len() int { return len(w.k) }
+func (w *waiting) Less(i, j int) bool {
+	c := w.k[i].key.cmp(w.k[j].key)
+	if w.desc {
+		return c > 0
+	}
+	return c < 0
+}
+func (w *waiting) Swap(i, j int) { w.k[i], w.k[j] = w.k[j], w.k[i] }
+func (w *waiting) Push(x any)    { w.k = append(w.k, x.(keyed)) }
+func (w *waiting) Pop() any {
+	x := w.k[len(w.k)-1]
+	w.k[len(w.k)-1] = keyed{}
+	w.k = w.k[:len(w.k)-1]
+	return x
+}
+
+// migrateReadingBlocks is the Go step of 006_reading_blocks.sql: it moves
+// the rows of readings into blocks, each series' readings in their order
+// (time, then ID) in blocks of up to pylon.MaxReadingsPerMessage, and
+// drops readings.
+func migrateReadingBlocks(ctx context.Context, tx *sql.Tx) error {
+	var (
+		after  = [3]int64{math.MinInt64, math.MinInt64, math.MinInt64} // (series, time, id) read so far
+		series int64
+		rs     []*pylon.Reading
+		recs   []blockRecord
+	)
+	flush := func() error {
+		for _, bl := range appendBlocks(nil, series, rs) {
+			var (
+				data []byte
+				err  error
+			)
+			if data, recs, err = bl.encode(recs); err != nil {
+				return fmt.Errorf("move readings: %w", err)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO blocks (series, t0, t1, n, unit, data) VALUES (?, ?, ?, ?, ?, ?)`,
+				bl.series, bl.t0, bl.t1, len(bl.readings), bl.unit, data); err != nil {
+				return fmt.Errorf("move readings: %w", err)
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE series SET span = max(span, ?) WHERE id = ?`, bl.t1-bl.t0, bl.series); err != nil {
+				return fmt.Errorf("move readings: %w", err)
+			}
+		}
+		rs = rs[:0]
+		return nil
+	}
+	for {
+		rows, err := tx.QueryContext(ctx, `
+			SELECT series, time, id, unit, v, vs, vb, vd, vd IS NOT NULL, s FROM readings
+			WHERE (series, time, id) > (?, ?, ?) ORDER BY series, time, id LIMIT 10000`, after[0], after[1], after[2])
+		if err != nil {
+			return fmt.Errorf("move readings: %w", err)
+		}
+		n := 0
+		for rows.Next() {
+			var (
+				r        pylon.Reading
+				s, t, id int64
+				v, sum   sql.NullFloat64
+				vs       sql.NullString
+				vb       sql.NullBool
+				vd       []byte
+				hasVD    bool
+			)
+			if err := rows.Scan(&s, &t, &id, &r.Unit, &v, &vs, &vb, &vd, &hasVD, &sum); err != nil {
+				rows.Close()
+				return fmt.Errorf("move readings: %w", err)
+			}
+			if s != series || len(rs) == pylon.MaxReadingsPerMessage {
+				if err := flush(); err != nil {
+					rows.Close()
+					return err
+				}
+				series = s
+			}
+			r.Time = time.Unix(0, t).UTC()
+			if v.Valid {
+				r.Value = &v.Float64
+			}
+			if vs.Valid {
+				r.StringValue = &vs.String
+			}
+			if vb.Valid {
+				r.BoolValue = &vb.Bool
+			}
+			if hasVD {
+				r.DataValue = vd
+				if vd == nil {
+					r.DataValue = []byte{}
+				}
+			}
+			if sum.Valid {
+				r.Sum = &sum.Float64
+			}
+			rs = append(rs, &r)
+			after, n = [3]int64{s, t, id}, n+1
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("move readings: %w", err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `DROP TABLE readings`); err != nil {
+		return fmt.Errorf("drop readings: %w", err)
+	}
+	return nil
+}

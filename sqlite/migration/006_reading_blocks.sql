@@ -1,0 +1,33 @@
+-- 006_reading_blocks.sql: readings stored in blocks, a row for the
+-- readings of one series that one message brought, instead of a row per
+-- reading (TelemetryService, telemetry.go and block.go).
+--
+-- A 50-reading pack was 50 rows and 50 index entries, each landing in
+-- its own series' index leaf: at half of the ingest capacity the single
+-- writer was busy three quarters of the time with B-tree inserts and the
+-- WAL pages they dirtied. A block is one row and one index entry.
+--
+-- data is a CBOR array (RFC 8949) of the block's readings in time order,
+-- each a map: 1 the time in nanoseconds after t0 (absent if 0); 2 the
+-- unit, if not the block's; 3 v; 4 vs; 5 vb; 6 vd; 7 s. Floats are
+-- written in the shortest CBOR form that keeps their value exactly.
+-- t0 and t1 are the times of the first and last reading, n how many there
+-- are. A block spans at most an hour (t1 - t0); series.span is the widest
+-- of a series' blocks ever written, so that a query for readings from
+-- time T reads the blocks from t0 >= T - span on.
+--
+-- The rows of readings are moved into blocks by the Go step of this
+-- migration (migrateReadingBlocks), which then drops readings.
+CREATE TABLE blocks (
+	id     INTEGER PRIMARY KEY,
+	series INTEGER NOT NULL REFERENCES series (id) ON DELETE CASCADE,
+	t0     INTEGER NOT NULL,
+	t1     INTEGER NOT NULL,
+	n      INTEGER NOT NULL,
+	unit   TEXT    NOT NULL DEFAULT '',
+	data   BLOB    NOT NULL
+);
+
+CREATE INDEX blocks_series_t0_idx ON blocks (series, t0);
+
+ALTER TABLE series ADD COLUMN span INTEGER NOT NULL DEFAULT 0;
