@@ -471,6 +471,54 @@ func BenchmarkWriteMessages(b *testing.B) {
 	}
 }
 
+// BenchmarkFindReadings measures reading a device's readings back: pages
+// of 1000 from the middle of 100,000 readings of one series, stored as
+// single readings or as packs of 50, going up and going down, and the
+// newest readings.
+func BenchmarkFindReadings(b *testing.B) {
+	for _, per := range []int{1, 50} {
+		ts, _, devs := benchFleet(b, 1)
+		ctx := context.Background()
+		var seq uint64
+		for range 100_000 / per / 100 {
+			msgs := make([]*pylon.TelemetryMessage, 100)
+			for i := range msgs {
+				seq++
+				m := &pylon.TelemetryMessage{DeviceID: devs[0], Seq: seq, Readings: make([]pylon.Reading, per)}
+				for j := range m.Readings {
+					n := int(seq-1)*per + j
+					m.Readings[j] = reading("temp", storetest.T0.Add(time.Duration(n)*time.Second), float64(n))
+				}
+				msgs[i] = m
+			}
+			mustWrite(b, ts, pylon.WriteStored, msgs...)
+		}
+		mid := storetest.T0.Add(50_000 * time.Second)
+		for _, desc := range []bool{false, true} {
+			b.Run(fmt.Sprintf("per=%d/desc=%v", per, desc), func(b *testing.B) {
+				f := pylon.ReadingFilter{DeviceID: devs[0], From: &mid, Limit: 1000, Desc: desc}
+				if desc {
+					f.From, f.To = nil, &mid
+				}
+				for b.Loop() {
+					got, _, err := ts.FindReadings(ctx, f)
+					if err != nil || len(got) != 1000 {
+						b.Fatalf("got %d readings, %v", len(got), err)
+					}
+				}
+				b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "readings/s")
+			})
+		}
+		b.Run(fmt.Sprintf("per=%d/latest", per), func(b *testing.B) {
+			for b.Loop() {
+				if got, err := ts.LatestReadings(ctx, devs[0]); err != nil || len(got) != 1 {
+					b.Fatalf("got %d readings, %v", len(got), err)
+				}
+			}
+		})
+	}
+}
+
 // pack50 returns message seq of dev: 50 readings of series s0…s49, at
 // seq seconds after T0, of value seq.
 func pack50(dev string, seq uint64) *pylon.TelemetryMessage {
