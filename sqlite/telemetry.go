@@ -187,7 +187,7 @@ func valuesSQL(rows, cols int) string {
 
 const (
 	runCols   = 4
-	blockCols = 6
+	blockCols = 7
 )
 
 // prepare prepares the insert statements on the writer pool once. It must
@@ -207,7 +207,7 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 				// Only the top run's extension meets a row; max: a run
 				// never shrinks nor looks older, whatever a caller does.
 				` ON CONFLICT (device_id, lo) DO UPDATE SET hi = max(hi, excluded.hi), received = max(received, excluded.received)`,
-			`INSERT INTO blocks (series, t0, t1, n, unit, data) VALUES ` + valuesSQL(1<<k, blockCols),
+			`INSERT INTO blocks (series, t0, t1, tick, n, unit, data) VALUES ` + valuesSQL(1<<k, blockCols),
 		} {
 			st, err := s.db.writer.PrepareContext(ctx, q)
 			if err != nil {
@@ -606,7 +606,7 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 			if err != nil {
 				return fmt.Errorf("encode readings: %w", err)
 			}
-			if err := ins.add(bl.series, bl.t0, bl.t1, len(bl.readings), bl.unit, data); err != nil {
+			if err := ins.add(bl.series, bl.t0, bl.t1, bl.tick, len(bl.readings), bl.unit, data); err != nil {
 				return staleOr(err, "insert readings")
 			}
 			if err := s.widen(ctx, b, bl.series, bl.t1-bl.t0); err != nil {
@@ -764,12 +764,12 @@ func decodeReadingCursor(s string, desc bool) (readingCursor, error) {
 }
 
 // blockColumns are the columns scanned by scanBlock, of blocks b.
-const blockColumns = `b.id, b.series, b.t0, b.unit, b.data`
+const blockColumns = `b.id, b.series, b.t0, b.tick, b.unit, b.data`
 
 // scanBlock scans blockColumns.
 func scanBlock(row rowScanner) (*storedBlock, error) {
 	var b storedBlock
-	if err := row.Scan(&b.id, &b.series, &b.t0, &b.unit, &b.data); err != nil {
+	if err := row.Scan(&b.id, &b.series, &b.t0, &b.tick, &b.unit, &b.data); err != nil {
 		return nil, err
 	}
 	return &b, nil
@@ -1242,8 +1242,8 @@ func (s *TelemetryService) trimBlocksChunk(ctx context.Context, before int64) (b
 		if data, recs, err = bl.encode(recs); err != nil {
 			return 0, 0, fmt.Errorf("trim block %d: %w", sb.id, err)
 		}
-		if _, err := tx.Tx.ExecContext(ctx, `UPDATE blocks SET t0 = ?, n = ?, data = ? WHERE id = ?`,
-			bl.t0, len(bl.readings), data, sb.id); err != nil {
+		if _, err := tx.Tx.ExecContext(ctx, `UPDATE blocks SET t0 = ?, tick = ?, n = ?, data = ? WHERE id = ?`,
+			bl.t0, bl.tick, len(bl.readings), data, sb.id); err != nil {
 			return 0, 0, fmt.Errorf("trim block %d: %w", sb.id, err)
 		}
 		blocks, readings = blocks+1, readings+gone

@@ -8,11 +8,13 @@
 -- WAL pages they dirtied. A block is one row and one index entry.
 --
 -- data is a CBOR array (RFC 8949) of the block's readings in time order,
--- each a map: 1 the time in nanoseconds after t0 (absent if 0); 2 the
--- unit, if not the block's; 3 v; 4 vs; 5 vb; 6 vd; 7 s. Floats are
--- written in the shortest CBOR form that keeps their value exactly.
--- t0 and t1 are the times of the first and last reading, n how many there
--- are. A block spans at most an hour (t1 - t0); series.span is the widest
+-- each a map: 1 the time in ticks after the previous reading's (the
+-- first: after t0; absent if 0); 2 the unit, if not the block's; 3 v; 4 vs; 5 vb; 6 vd; 7 s. Floats are written in the
+-- shortest CBOR form that keeps their value exactly. t0 and t1 are the
+-- times of the first and last reading, in nanoseconds since the epoch;
+-- tick is the unit of the times in data, in nanoseconds: the largest of
+-- 10^9, 10^6, 10^3 and 1 that divides them all (readings 10 s apart take
+-- 1 byte each for their time, not 9); n is how many readings there are. A block spans at most an hour (t1 - t0); series.span is the widest
 -- of a series' blocks ever written, so that a query for readings from
 -- time T reads the blocks from t0 >= T - span on.
 --
@@ -23,6 +25,7 @@ CREATE TABLE blocks (
 	series INTEGER NOT NULL REFERENCES series (id) ON DELETE CASCADE,
 	t0     INTEGER NOT NULL,
 	t1     INTEGER NOT NULL,
+	tick   INTEGER NOT NULL,
 	n      INTEGER NOT NULL,
 	unit   TEXT    NOT NULL DEFAULT '',
 	data   BLOB    NOT NULL
