@@ -69,7 +69,8 @@ func appendBlocks(dst []block, series int64, rs []*pylon.Reading) []block {
 	slices.SortStableFunc(rs, func(a, b *pylon.Reading) int { return a.Time.Compare(b.Time) })
 	start := 0
 	for i := 1; i <= len(rs); i++ {
-		if i < len(rs) && rs[i].Time.UnixNano()-rs[start].Time.UnixNano() <= maxBlockSpan {
+		// Sub saturates: readings centuries apart do not wrap around.
+		if i < len(rs) && rs[i].Time.Sub(rs[start].Time) <= time.Duration(maxBlockSpan) {
 			continue
 		}
 		dst = append(dst, block{
@@ -123,8 +124,10 @@ func (b *block) encode(recs []blockRecord) ([]byte, []blockRecord, error) {
 
 // readingKey orders readings: by time, then by block, then by place in
 // the block (which keeps the order of a message's readings with equal
-// times). Block IDs only grow, so readings with equal times come in the
-// order they were stored.
+// times). A new block's ID is above those of all blocks stored (SQLite
+// gives a row the highest rowid plus one), so readings with equal times
+// come in the order they were stored. A reading's place is kept when
+// retention drops the block's older readings (storedBlock.first).
 type readingKey struct {
 	time, block int64
 	idx         int
@@ -143,6 +146,7 @@ func (a readingKey) cmp(b readingKey) int {
 // storedBlock is a block as read: its row.
 type storedBlock struct {
 	id, series, t0, tick int64
+	first                int // the place in the block of data's first reading
 	unit                 string
 	data                 []byte
 }
@@ -174,7 +178,7 @@ func (b *storedBlock) decode(visit func(readingKey, *pylon.Reading)) error {
 				r.DataValue = []byte{}
 			}
 		}
-		visit(readingKey{t, b.id, i}, r)
+		visit(readingKey{t, b.id, b.first + i}, r)
 	}
 	return nil
 }

@@ -139,6 +139,19 @@ const maxReadStmts = 64
 // once. It must not be called with a write transaction open: for
 // ":memory:" the reader is the writer's connection.
 func (s *TelemetryService) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := s.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return s.db.reader.QueryContext(ctx, query, args...)
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// stmt returns query prepared on the reader pool, preparing it if the
+// cache has room; nil if it has none.
+func (s *TelemetryService) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	if s.db.reader == nil {
 		return nil, fmt.Errorf("database not open")
 	}
@@ -146,24 +159,67 @@ func (s *TelemetryService) query(ctx context.Context, query string, args ...any)
 	st := s.readStmts[query]
 	n := len(s.readStmts)
 	s.readMu.Unlock()
-	if st == nil {
-		if n >= maxReadStmts {
-			return s.db.reader.QueryContext(ctx, query, args...)
-		}
-		var err error
-		if st, err = s.db.reader.PrepareContext(ctx, query); err != nil {
-			return nil, err
-		}
-		s.readMu.Lock()
-		if old := s.readStmts[query]; old != nil {
-			st.Close()
-			st = old
-		} else {
-			s.readStmts[query] = st
-		}
-		s.readMu.Unlock()
+	if st != nil || n >= maxReadStmts {
+		return st, nil
 	}
-	return st.QueryContext(ctx, args...)
+	st, err := s.db.reader.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	if old := s.readStmts[query]; old != nil {
+		st.Close()
+		return old, nil
+	}
+	s.readStmts[query] = st
+	return st, nil
+}
+
+// readTx is a read-only transaction on the reader pool, so that the
+// queries of one call see one snapshot: a page read with the series'
+// spans of another snapshot could come out of order.
+type readTx struct {
+	s      *TelemetryService
+	tx     *sql.Tx
+	unprep []string // queries run unprepared, to prepare after
+}
+
+// beginRead begins a readTx; end it with done.
+func (s *TelemetryService) beginRead(ctx context.Context) (*readTx, error) {
+	if s.db.reader == nil {
+		return nil, fmt.Errorf("database not open")
+	}
+	tx, err := s.db.reader.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	return &readTx{s: s, tx: tx}, nil
+}
+
+// query runs query in the transaction, on its statement if one is
+// prepared. A statement is not prepared on the pool while the transaction
+// holds a connection (for ":memory:" the pool's only one; for a file,
+// transactions could hold them all): done prepares it afterwards.
+func (r *readTx) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	r.s.readMu.Lock()
+	st := r.s.readStmts[query]
+	r.s.readMu.Unlock()
+	if st == nil {
+		r.unprep = append(r.unprep, query)
+		return r.tx.QueryContext(ctx, query, args...)
+	}
+	return r.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+}
+
+// done ends the transaction and prepares what it ran unprepared.
+func (r *readTx) done(ctx context.Context) {
+	r.tx.Rollback()
+	for _, q := range r.unprep {
+		if _, err := r.s.stmt(ctx, q); err != nil {
+			return // prepared next time, or never: only slower
+		}
+	}
 }
 
 // lock takes the write lock, or returns ctx's error.
@@ -764,12 +820,12 @@ func decodeReadingCursor(s string, desc bool) (readingCursor, error) {
 }
 
 // blockColumns are the columns scanned by scanBlock, of blocks b.
-const blockColumns = `b.id, b.series, b.t0, b.tick, b.unit, b.data`
+const blockColumns = `b.id, b.series, b.t0, b.tick, b.first, b.unit, b.data`
 
 // scanBlock scans blockColumns.
 func scanBlock(row rowScanner) (*storedBlock, error) {
 	var b storedBlock
-	if err := row.Scan(&b.id, &b.series, &b.t0, &b.tick, &b.unit, &b.data); err != nil {
+	if err := row.Scan(&b.id, &b.series, &b.t0, &b.tick, &b.first, &b.unit, &b.data); err != nil {
 		return nil, err
 	}
 	return &b, nil
@@ -821,10 +877,12 @@ func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilt
 		return []*pylon.Reading{}, "", nil
 	}
 
-	// No read transaction around the two queries: a series created in
-	// between is like a reading stored behind the cursor, which paging
-	// never promises to see.
-	names, ids, spans, err := s.findSeries(ctx, f.DeviceID, f.Name)
+	tx, err := s.beginRead(ctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("query readings: %w", err)
+	}
+	defer tx.done(ctx)
+	names, ids, spans, err := s.findSeries(ctx, tx, f.DeviceID, f.Name)
 	if err != nil {
 		return nil, "", err
 	}
@@ -835,7 +893,7 @@ func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilt
 			p.span = max(p.span, spans[id])
 		}
 		q, args := pageQuery(chunk, p)
-		rows, err := s.query(ctx, q, args...)
+		rows, err := tx.query(ctx, q, args...)
 		if err != nil {
 			return nil, "", fmt.Errorf("query readings: %w", err)
 		}
@@ -882,12 +940,12 @@ func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilt
 // findSeries returns the device's series (only the one named name, unless
 // name is ""): their names by ID, their IDs in order, and their spans by
 // ID.
-func (s *TelemetryService) findSeries(ctx context.Context, deviceID, name string) (map[int64]string, []int64, map[int64]int64, error) {
+func (s *TelemetryService) findSeries(ctx context.Context, tx *readTx, deviceID, name string) (map[int64]string, []int64, map[int64]int64, error) {
 	query, args := `SELECT id, name, span FROM series WHERE device_id = ? ORDER BY id`, []any{deviceID}
 	if name != "" {
 		query, args = `SELECT id, name, span FROM series WHERE device_id = ? AND name = ?`, []any{deviceID, name}
 	}
-	rows, err := s.query(ctx, query, args...)
+	rows, err := tx.query(ctx, query, args...)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("query series: %w", err)
 	}
@@ -1069,11 +1127,16 @@ func (s *TelemetryService) AggregateReadings(ctx context.Context, f pylon.Aggreg
 	if len(f.DeviceID) > 2*pylon.IDLen || len(f.Name) > pylon.MaxSenMLNameLen {
 		return buckets, nil
 	}
-	_, ids, spans, err := s.findSeries(ctx, f.DeviceID, f.Name)
+	tx, err := s.beginRead(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("aggregate readings: %w", err)
+	}
+	defer tx.done(ctx)
+	_, ids, spans, err := s.findSeries(ctx, tx, f.DeviceID, f.Name)
 	if err != nil || len(ids) == 0 {
 		return buckets, err
 	}
-	rows, err := s.query(ctx, `SELECT `+blockColumns+` FROM blocks b WHERE b.series = ? AND b.t0 >= ? AND b.t0 < ?`,
+	rows, err := tx.query(ctx, `SELECT `+blockColumns+` FROM blocks b WHERE b.series = ? AND b.t0 >= ? AND b.t0 < ?`,
 		ids[0], satSub(from, spans[ids[0]]), to)
 	if err != nil {
 		return nil, fmt.Errorf("aggregate readings: %w", err)
@@ -1106,7 +1169,11 @@ func (s *TelemetryService) AggregateReadings(ctx context.Context, f pylon.Aggreg
 	}
 	for _, start := range slices.Sorted(maps.Keys(aggs)) {
 		a := aggs[start]
-		b := &pylon.Bucket{Start: time.Unix(0, start*size).UTC(), Count: a.count}
+		at := int64(math.MinInt64) // a bucket starting before the earliest time
+		if start >= math.MinInt64/size {
+			at = start * size
+		}
+		b := &pylon.Bucket{Start: time.Unix(0, at).UTC(), Count: a.count}
 		switch f.Agg {
 		case pylon.AggAvg:
 			b.Value = (a.sum + a.comp) / float64(a.count)
@@ -1242,8 +1309,10 @@ func (s *TelemetryService) trimBlocksChunk(ctx context.Context, before int64) (b
 		if data, recs, err = bl.encode(recs); err != nil {
 			return 0, 0, fmt.Errorf("trim block %d: %w", sb.id, err)
 		}
-		if _, err := tx.Tx.ExecContext(ctx, `UPDATE blocks SET t0 = ?, tick = ?, n = ?, data = ? WHERE id = ?`,
-			bl.t0, bl.tick, len(bl.readings), data, sb.id); err != nil {
+		// first moves on by the readings dropped: a cursor at a reading
+		// of the block still points at it.
+		if _, err := tx.Tx.ExecContext(ctx, `UPDATE blocks SET t0 = ?, tick = ?, first = first + ?, n = ?, data = ? WHERE id = ?`,
+			bl.t0, bl.tick, gone, len(bl.readings), data, sb.id); err != nil {
 			return 0, 0, fmt.Errorf("trim block %d: %w", sb.id, err)
 		}
 		blocks, readings = blocks+1, readings+gone

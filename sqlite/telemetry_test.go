@@ -803,19 +803,7 @@ func TestMigration006_ReadingBlocks(t *testing.T) {
 	ctx := context.Background()
 	path, devs := closedWithDevices(t, 2)
 	raw := openRaw(t, path)
-	for _, q := range []string{
-		`DROP TABLE blocks`,
-		`ALTER TABLE series DROP COLUMN span`,
-		`CREATE TABLE readings (id INTEGER PRIMARY KEY, series INTEGER NOT NULL REFERENCES series (id) ON DELETE CASCADE,
-			time INTEGER NOT NULL, unit TEXT NOT NULL DEFAULT '', v, vs TEXT, vb INTEGER, vd BLOB, s)`,
-		`CREATE INDEX readings_series_time_idx ON readings (series, time)`,
-		`DELETE FROM migrations WHERE name = '006_reading_blocks.sql'`,
-		fmt.Sprintf(`INSERT INTO series (device_id, name) VALUES ('%s', 'temp'), ('%s', 'mixed'), ('%s', 'temp')`, devs[0], devs[0], devs[1]),
-	} {
-		if _, err := raw.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	back006(t, raw, fmt.Sprintf(`INSERT INTO series (device_id, name) VALUES ('%s', 'temp'), ('%s', 'mixed'), ('%s', 'temp')`, devs[0], devs[0], devs[1]))
 	// Series 1: 2,500 readings, two at each time, stored newest first, so
 	// that the order of rows is not the order of times. Series 2: every
 	// kind of value, units that differ, over three hours (more than one
