@@ -95,6 +95,7 @@ func Run(t *testing.T, open func(t *testing.T) Stores) {
 		{"TelemetryFindReadings", testTelemetryFindReadings},
 		{"TelemetryStorageOrder", testTelemetryStorageOrder},
 		{"TelemetryInterleavedMessages", testTelemetryInterleavedMessages},
+		{"TelemetryManyDevicesInBatch", testTelemetryManyDevicesInBatch},
 		{"TelemetryLatest", testTelemetryLatest},
 		{"TelemetryAggregates", testTelemetryAggregates},
 		{"TelemetryRetention", testTelemetryRetention},

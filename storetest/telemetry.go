@@ -895,3 +895,35 @@ func testTelemetryInterleavedMessages(t *testing.T, s Stores) {
 		t.Fatalf("aggregate: counted %d readings, want %d", n, len(all))
 	}
 }
+
+// testTelemetryManyDevicesInBatch: one batch with messages of 150
+// devices (more than a store may look up at once), some of them
+// duplicates, some of unknown devices, decides each message as alone.
+func testTelemetryManyDevicesInBatch(t *testing.T, s Stores) {
+	var devs []string
+	for i := range 150 {
+		devs = append(devs, createDevice(t, s, fmt.Sprintf("many-%d", i), nil).ID)
+	}
+	var first, second []*pylon.TelemetryMessage
+	var want []string
+	for i, d := range devs {
+		first = append(first, msg(d, 1, num("temp", T0, float64(i))))
+		second = append(second, msg(d, uint64(1+i%2), num("temp", T0.Add(time.Second), float64(i))))
+		want = append(want, map[int]string{0: "duplicate", 1: "stored"}[i%2])
+		if i%50 == 0 {
+			second = append(second, msg(fmt.Sprintf("nosuchdevice%04d", i), 1, num("temp", T0, 0)))
+			want = append(want, "replay")
+		}
+	}
+	if got := statusNames(write(t, s, first...)); got != strings.TrimSuffix(strings.Repeat("stored,", len(devs)), ",") {
+		t.Fatalf("first batch: got %s", got)
+	}
+	if got := statusNames(write(t, s, second...)); got != strings.Join(want, ",") {
+		t.Fatalf("second batch: got %s, want %s", got, strings.Join(want, ","))
+	}
+	for i, d := range devs {
+		if got := allReadings(t, s, pylon.ReadingFilter{DeviceID: d}); len(got) != 1+i%2 {
+			t.Fatalf("device %d: got %d readings, want %d", i, len(got), 1+i%2)
+		}
+	}
+}
