@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/pylonhq/pylon/internal/cborenc"
 	"github.com/veraison/go-cose"
 )
 
@@ -252,13 +253,13 @@ func appendProtected(b []byte, alg cose.Algorithm, seq uint64, contentType int, 
 	b = appendInt(b, int64(alg))
 	if contentType != ContentTypeSenMLCBOR {
 		b = append(b, labelCType)
-		b = appendHead(b, 0, uint64(contentType))
+		b = cborenc.AppendHead(b, 0, uint64(contentType))
 	}
 	b = appendInt(b, HeaderSeq)
-	b = appendHead(b, 0, seq)
+	b = cborenc.AppendHead(b, 0, seq)
 	if encoding != "" {
 		b = appendInt(b, HeaderEncoding)
-		b = appendHead(b, 3, uint64(len(encoding)))
+		b = cborenc.AppendHead(b, 3, uint64(len(encoding)))
 		b = append(b, encoding...)
 	}
 	return b
@@ -271,10 +272,10 @@ func appendProtected(b []byte, alg cose.Algorithm, seq uint64, contentType int, 
 func appendSigStructure(b, protected, payload []byte) []byte {
 	b = append(b, cborArray4, sigContextHead)
 	b = append(b, sigContext...)
-	b = appendHead(b, majorBytes, uint64(len(protected)))
+	b = cborenc.AppendHead(b, majorBytes, uint64(len(protected)))
 	b = append(b, protected...)
 	b = append(b, cborEmptyBytes)
-	b = appendHead(b, majorBytes, uint64(len(payload)))
+	b = cborenc.AppendHead(b, majorBytes, uint64(len(payload)))
 	return append(b, payload...)
 }
 
@@ -288,12 +289,12 @@ func appendSign1(b []byte, tagged bool, protected, payload, sig []byte) []byte {
 		b = append(b, cborTagSign1)
 	}
 	b = append(b, cborArray4)
-	b = appendHead(b, majorBytes, uint64(len(protected)))
+	b = cborenc.AppendHead(b, majorBytes, uint64(len(protected)))
 	b = append(b, protected...)
 	b = append(b, cborEmptyMap)
-	b = appendHead(b, majorBytes, uint64(len(payload)))
+	b = cborenc.AppendHead(b, majorBytes, uint64(len(payload)))
 	b = append(b, payload...)
-	b = appendHead(b, majorBytes, uint64(len(sig)))
+	b = cborenc.AppendHead(b, majorBytes, uint64(len(sig)))
 	return append(b, sig...)
 }
 
@@ -301,27 +302,10 @@ func sign1Len(protected, payload, sig []byte) int {
 	return 1 + 9 + len(protected) + 1 + 9 + len(payload) + 9 + len(sig)
 }
 
-// appendHead appends a CBOR head in its shortest form.
-func appendHead(b []byte, major byte, arg uint64) []byte {
-	m := major << 5
-	switch {
-	case arg < 24:
-		return append(b, m|byte(arg))
-	case arg <= math.MaxUint8:
-		return append(b, m|24, byte(arg))
-	case arg <= math.MaxUint16:
-		return append(b, m|25, byte(arg>>8), byte(arg))
-	case arg <= math.MaxUint32:
-		return append(b, m|26, byte(arg>>24), byte(arg>>16), byte(arg>>8), byte(arg))
-	}
-	return append(b, m|27, byte(arg>>56), byte(arg>>48), byte(arg>>40), byte(arg>>32),
-		byte(arg>>24), byte(arg>>16), byte(arg>>8), byte(arg))
-}
-
 // appendInt appends a CBOR integer.
 func appendInt(b []byte, v int64) []byte {
 	if v >= 0 {
-		return appendHead(b, 0, uint64(v))
+		return cborenc.AppendHead(b, 0, uint64(v))
 	}
-	return appendHead(b, 1, uint64(-1-v))
+	return cborenc.AppendHead(b, 1, uint64(-1-v))
 }

@@ -23,6 +23,7 @@ func TestDeps(t *testing.T) {
 	allowed := []string{
 		"github.com/pylonhq/pylon",
 		"github.com/pylonhq/pylon/envelope",
+		"github.com/pylonhq/pylon/internal/cborenc", // standard library only
 		"github.com/fxamacker/cbor/v2",
 		"github.com/x448/float16", // of fxamacker/cbor
 		"github.com/veraison/go-cose",

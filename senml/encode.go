@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"unicode/utf8"
+
+	"github.com/pylonhq/pylon/internal/cborenc"
 )
 
 // Record is one SenML record as written by a device, with its fields
@@ -66,7 +68,7 @@ func (r *Record) check(i int) error {
 // fails, with an error wrapping ErrInvalid, on NaN, ±Inf or invalid UTF-8.
 func EncodeCBOR(recs []Record) ([]byte, error) {
 	b := make([]byte, 0, 24*len(recs)+8)
-	b = appendHead(b, majArray, uint64(len(recs)))
+	b = cborenc.AppendHead(b, cborenc.Array, uint64(len(recs)))
 	for i := range recs {
 		r := &recs[i]
 		if err := r.check(i); err != nil {
@@ -83,19 +85,19 @@ func EncodeCBOR(recs []Record) ([]byte, error) {
 				n++
 			}
 		}
-		b = appendHead(b, majMap, uint64(n))
+		b = cborenc.AppendHead(b, cborenc.Map, uint64(n))
 		// Keys in the deterministic order of RFC 8949 §4.2.1: 0..8, then -1..-6.
 		if r.Name != "" {
-			b = appendText(append(b, 0x00), r.Name)
+			b = cborenc.AppendText(append(b, 0x00), r.Name)
 		}
 		if r.Unit != "" {
-			b = appendText(append(b, 0x01), r.Unit)
+			b = cborenc.AppendText(append(b, 0x01), r.Unit)
 		}
 		if r.Value != nil {
-			b = appendNumber(append(b, 0x02), *r.Value)
+			b = cborenc.AppendNumber(append(b, 0x02), *r.Value)
 		}
 		if r.StringValue != nil {
-			b = appendText(append(b, 0x03), *r.StringValue)
+			b = cborenc.AppendText(append(b, 0x03), *r.StringValue)
 		}
 		if r.BoolValue != nil {
 			v := byte(0xf4)
@@ -105,35 +107,35 @@ func EncodeCBOR(recs []Record) ([]byte, error) {
 			b = append(b, 0x04, v)
 		}
 		if r.Sum != nil {
-			b = appendNumber(append(b, 0x05), *r.Sum)
+			b = cborenc.AppendNumber(append(b, 0x05), *r.Sum)
 		}
 		if r.Time != 0 {
-			b = appendNumber(append(b, 0x06), r.Time)
+			b = cborenc.AppendNumber(append(b, 0x06), r.Time)
 		}
 		if r.UpdateTime != 0 {
-			b = appendNumber(append(b, 0x07), r.UpdateTime)
+			b = cborenc.AppendNumber(append(b, 0x07), r.UpdateTime)
 		}
 		if r.DataValue != nil {
-			b = appendHead(append(b, 0x08), majBytes, uint64(len(r.DataValue)))
+			b = cborenc.AppendHead(append(b, 0x08), cborenc.Bytes, uint64(len(r.DataValue)))
 			b = append(b, r.DataValue...)
 		}
 		if r.BaseVersion != 0 {
-			b = appendHead(append(b, 0x20), majUint, uint64(r.BaseVersion))
+			b = cborenc.AppendHead(append(b, 0x20), cborenc.Uint, uint64(r.BaseVersion))
 		}
 		if r.BaseName != "" {
-			b = appendText(append(b, 0x21), r.BaseName)
+			b = cborenc.AppendText(append(b, 0x21), r.BaseName)
 		}
 		if r.BaseTime != 0 {
-			b = appendNumber(append(b, 0x22), r.BaseTime)
+			b = cborenc.AppendNumber(append(b, 0x22), r.BaseTime)
 		}
 		if r.BaseUnit != "" {
-			b = appendText(append(b, 0x23), r.BaseUnit)
+			b = cborenc.AppendText(append(b, 0x23), r.BaseUnit)
 		}
 		if r.BaseValue != 0 {
-			b = appendNumber(append(b, 0x24), r.BaseValue)
+			b = cborenc.AppendNumber(append(b, 0x24), r.BaseValue)
 		}
 		if r.BaseSum != nil {
-			b = appendNumber(append(b, 0x25), *r.BaseSum)
+			b = cborenc.AppendNumber(append(b, 0x25), *r.BaseSum)
 		}
 	}
 	return b, nil
@@ -183,78 +185,4 @@ func EncodeJSON(recs []Record) ([]byte, error) {
 		return nil, fmt.Errorf("encode senml json: %w", err)
 	}
 	return b, nil
-}
-
-// appendHead appends a CBOR head in its shortest form.
-func appendHead(b []byte, major byte, arg uint64) []byte {
-	m := major << 5
-	switch {
-	case arg < 24:
-		return append(b, m|byte(arg))
-	case arg <= math.MaxUint8:
-		return append(b, m|24, byte(arg))
-	case arg <= math.MaxUint16:
-		return append(b, m|25, byte(arg>>8), byte(arg))
-	case arg <= math.MaxUint32:
-		return append(b, m|26, byte(arg>>24), byte(arg>>16), byte(arg>>8), byte(arg))
-	}
-	return append(b, m|27, byte(arg>>56), byte(arg>>48), byte(arg>>40), byte(arg>>32),
-		byte(arg>>24), byte(arg>>16), byte(arg>>8), byte(arg))
-}
-
-func appendText(b []byte, s string) []byte {
-	return append(appendHead(b, majText, uint64(len(s))), s...)
-}
-
-// appendNumber appends f as an integer if it is integral and fits, and
-// otherwise as the narrowest float that holds it exactly. f is finite.
-func appendNumber(b []byte, f float64) []byte {
-	const two63 = 1 << 63
-	if f == math.Trunc(f) && f >= -two63 && f < two63 && !(f == 0 && math.Signbit(f)) {
-		if f >= 0 {
-			return appendHead(b, majUint, uint64(f))
-		}
-		return appendHead(b, majNegInt, uint64(-(f + 1)))
-	}
-	if f32 := float32(f); float64(f32) == f {
-		if h, ok := float32to16(f32); ok {
-			return append(b, 0xf9, byte(h>>8), byte(h))
-		}
-		u := math.Float32bits(f32)
-		return append(b, 0xfa, byte(u>>24), byte(u>>16), byte(u>>8), byte(u))
-	}
-	u := math.Float64bits(f)
-	return append(b, 0xfb, byte(u>>56), byte(u>>48), byte(u>>40), byte(u>>32),
-		byte(u>>24), byte(u>>16), byte(u>>8), byte(u))
-}
-
-// float32to16 returns the half-precision bits of f if f is exactly
-// representable as a (normal or subnormal) float16. f is finite.
-func float32to16(f float32) (uint16, bool) {
-	u := math.Float32bits(f)
-	sign := uint16(u>>16) & 0x8000
-	exp := int(u>>23) & 0xff
-	mant := u & 0x7fffff
-	if exp == 0 {
-		if mant == 0 {
-			return sign, true // ±0
-		}
-		return 0, false // float32 subnormals are far below float16's range
-	}
-	e := exp - 127
-	switch {
-	case e >= -14 && e <= 15: // normal float16
-		if mant&0x1fff != 0 {
-			return 0, false
-		}
-		return sign | uint16(e+15)<<10 | uint16(mant>>13), true
-	case e >= -24 && e < -14: // subnormal float16: value = k × 2^-24
-		full := mant | 0x800000
-		shift := uint(-e - 1)
-		if full&(1<<shift-1) != 0 {
-			return 0, false
-		}
-		return sign | uint16(full>>shift), true
-	}
-	return 0, false
 }
