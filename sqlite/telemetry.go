@@ -105,7 +105,6 @@ type TelemetryService struct {
 
 	// reused buffers
 	args    []any
-	recs    []blockRecord
 	blocks  []block
 	byName  map[int64][]*pylon.Reading
 	ordered []int64
@@ -665,15 +664,7 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 		}
 		for i := range s.blocks {
 			bl := &s.blocks[i]
-			var (
-				data []byte
-				err  error
-			)
-			data, s.recs, err = bl.encode(s.recs)
-			if err != nil {
-				return fmt.Errorf("encode readings: %w", err)
-			}
-			if err := ins.add(bl.series, bl.t0, bl.t1, bl.tick, len(bl.readings), bl.unit, data); err != nil {
+			if err := ins.add(bl.series, bl.t0, bl.t1, bl.tick, len(bl.readings), bl.unit, bl.encode()); err != nil {
 				return staleOr(err, "insert readings")
 			}
 			if err := s.widen(ctx, b, bl.series, bl.t1-bl.t0); err != nil {
@@ -1298,7 +1289,6 @@ func (s *TelemetryService) trimBlocksChunk(ctx context.Context, before int64) (b
 	if err != nil {
 		return 0, 0, err
 	}
-	var recs []blockRecord
 	for _, sb := range stored {
 		bl := block{series: sb.series, unit: sb.unit}
 		gone := int64(0)
@@ -1316,10 +1306,7 @@ func (s *TelemetryService) trimBlocksChunk(ctx context.Context, before int64) (b
 			return 0, 0, fmt.Errorf("trim block %d: no reading at or after its t1", sb.id)
 		}
 		bl.t0 = bl.readings[0].Time.UnixNano()
-		var data []byte
-		if data, recs, err = bl.encode(recs); err != nil {
-			return 0, 0, fmt.Errorf("trim block %d: %w", sb.id, err)
-		}
+		data := bl.encode()
 		// first moves on by the readings dropped: a cursor at a reading
 		// of the block still points at it.
 		if _, err := tx.Tx.ExecContext(ctx, `UPDATE blocks SET t0 = ?, tick = ?, first = first + ?, n = ?, data = ? WHERE id = ?`,
