@@ -22,7 +22,8 @@ import (
 const maxBlockSpan = int64(time.Hour)
 
 // blockRecord is one reading in a block's data. Its time is DT ticks
-// after the previous reading's (the first: after the block's t0); U is set only if the unit is not the block's.
+// after the previous reading's (the first's: after the block's t0); U is
+// set only if the unit is not the block's.
 type blockRecord struct {
 	DT uint64   `cbor:"1,keyasint,omitempty"`
 	U  *string  `cbor:"2,keyasint,omitempty"`
@@ -215,12 +216,19 @@ type keyed struct {
 	r      *pylon.Reading
 }
 
+// insertBlockSQL and widenSQL write a block and widen its series' span;
+// the ingest path and migration 006 share them.
+const (
+	insertBlockSQL = `INSERT INTO blocks (series, t0, t1, tick, n, unit, data) VALUES `
+	widenSQL       = `UPDATE series SET span = max(span, ?) WHERE id = ?`
+)
+
 // pager makes a page of readings from blocks read in the order of their
 // t0 (descending for desc), with equal t0 in the order of their IDs.
 // Readings wait in a heap until no block still to come can hold one that
 // goes before them: going up, a reading before the next block's t0;
 // going down, one after the next block's t0 plus span, the widest block
-// of the series read.
+// of the series read. wait.desc must be desc.
 type pager struct {
 	desc     bool
 	span     int64
@@ -256,7 +264,6 @@ func (p *pager) finish() { p.emit(0, true) }
 // emit moves waiting readings to the page, in order, while they cannot be
 // preceded by a reading of a block whose t0 is next (any, with all).
 func (p *pager) emit(next int64, all bool) {
-	p.wait.desc = p.desc
 	for len(p.wait.k) > 0 && !p.full() {
 		top := p.wait.k[0].key.time
 		if !all && (!p.desc && top >= next || p.desc && (top <= next || uint64(top)-uint64(next) <= uint64(p.span))) {
@@ -302,11 +309,11 @@ func migrateReadingBlocks(ctx context.Context, tx *sql.Tx) error {
 	flush := func() error {
 		for _, bl := range appendBlocks(nil, series, rs) {
 			data := bl.encode()
-			if _, err := tx.ExecContext(ctx, `INSERT INTO blocks (series, t0, t1, tick, n, unit, data) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			if _, err := tx.ExecContext(ctx, insertBlockSQL+valuesSQL(1, blockCols),
 				bl.series, bl.t0, bl.t1, bl.tick, len(bl.readings), bl.unit, data); err != nil {
 				return fmt.Errorf("move readings: %w", err)
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE series SET span = max(span, ?) WHERE id = ?`, bl.t1-bl.t0, bl.series); err != nil {
+			if _, err := tx.ExecContext(ctx, widenSQL, bl.t1-bl.t0, bl.series); err != nil {
 				return fmt.Errorf("move readings: %w", err)
 			}
 		}

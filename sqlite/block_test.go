@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -99,21 +100,9 @@ func TestBlockRoundTrip(t *testing.T) {
 		}
 		spans = append(spans, b.t1-b.t0)
 	}
-	if want := []float64{1, 3, 2, 0, 4}; !slicesEqual(order, want) || len(spans) != 2 || spans[0] != int64(time.Minute) || spans[1] != int64(time.Hour) {
+	if want := []float64{1, 3, 2, 0, 4}; !slices.Equal(order, want) || len(spans) != 2 || spans[0] != int64(time.Minute) || spans[1] != int64(time.Hour) {
 		t.Errorf("appendBlocks: order %v in blocks spanning %v; want %v in blocks of 1m and 1h", order, spans, want)
 	}
-}
-
-func slicesEqual(a, b []float64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestBlockEncodeMatchesLibrary checks the hand-written encoder against

@@ -43,7 +43,8 @@ const (
 	// maxArms is the most series one compound query merges.
 	maxArms = 200
 
-	// lookupChunk is the most devices or messages one lookup query names.
+	// lookupChunk is the most messages one lookup of stored sequence
+	// numbers names.
 	lookupChunk = 256
 
 	// maxCached bounds each in-memory cache; a full cache is emptied.
@@ -263,7 +264,7 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 				// Only the top run's extension meets a row; max: a run
 				// never shrinks nor looks older, whatever a caller does.
 				` ON CONFLICT (device_id, lo) DO UPDATE SET hi = max(hi, excluded.hi), received = max(received, excluded.received)`,
-			`INSERT INTO blocks (series, t0, t1, tick, n, unit, data) VALUES ` + valuesSQL(1<<k, blockCols),
+			insertBlockSQL + valuesSQL(1<<k, blockCols),
 			// Prepared once: preparing it for each commit had cost a
 			// tenth of the server's CPU at 3,700 packs a second.
 			`SELECT d.id, t.lo, t.hi FROM devices d
@@ -690,7 +691,7 @@ func (s *TelemetryService) widen(ctx context.Context, b *batch, series, span int
 	if span <= known {
 		return nil
 	}
-	if _, err := b.tx.Tx.ExecContext(ctx, `UPDATE series SET span = max(span, ?) WHERE id = ?`, span, series); err != nil {
+	if _, err := b.tx.Tx.ExecContext(ctx, widenSQL, span, series); err != nil {
 		return staleOr(err, "widen series")
 	}
 	b.newSpans[series] = span
@@ -890,7 +891,7 @@ func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilt
 	}
 	var page []keyed
 	for chunk := range slices.Chunk(ids, maxArms) {
-		p := &pager{desc: f.Desc, bound: bound, from: from, to: to, limit: limit + 1}
+		p := &pager{desc: f.Desc, bound: bound, from: from, to: to, limit: limit + 1, wait: waiting{desc: f.Desc}}
 		for _, id := range chunk {
 			p.span = max(p.span, spans[id])
 		}
