@@ -5,6 +5,8 @@ package sqlite_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"sync"
@@ -165,4 +167,67 @@ func oneDevice(t *testing.T) (*sqlite.TelemetryService, string) {
 	t.Helper()
 	db, _ := MustOpenDB(t, tempPath(t))
 	return sqlite.NewTelemetryService(db), createDevices(t, db, 1)[0]
+}
+
+// TestTelemetryHostileCursorsAndBlocks: a cursor of the row-per-reading
+// store, a forged cursor naming a place past any block's end, and blocks
+// whose stored data is corrupt or reaches past the end of time give
+// errors, never a panic or wrong readings.
+func TestTelemetryHostileCursorsAndBlocks(t *testing.T) {
+	ctx := context.Background()
+	db, _ := MustOpenDB(t, tempPath(t))
+	ts := sqlite.NewTelemetryService(db)
+	devs := createDevices(t, db, 5)
+	dev := devs[0]
+	mustWrite(t, ts, pylon.WriteStored, &pylon.TelemetryMessage{DeviceID: dev, Seq: 1, Readings: []pylon.Reading{
+		reading("x", storetest.T0, 1), reading("x", storetest.T0.Add(time.Second), 2)}})
+
+	cursor := func(version byte, n int, idx uint32) string {
+		b := make([]byte, n)
+		b[0] = version
+		binary.BigEndian.PutUint64(b[2:], uint64(storetest.T0.UnixNano()))
+		if n == 22 {
+			binary.BigEndian.PutUint64(b[10:], 1)
+			binary.BigEndian.PutUint32(b[18:], idx)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	for name, c := range map[string]string{
+		"row-per-reading cursor": cursor('r', 18, 0),
+		"place past a block":     cursor('b', 22, pylon.MaxReadingsPerMessage),
+		"negative place":         cursor('b', 22, math.MaxUint32),
+	} {
+		_, _, err := ts.FindReadings(ctx, pylon.ReadingFilter{DeviceID: dev, Cursor: c})
+		if pylon.ErrorCode(err) != pylon.EINVALID {
+			t.Errorf("%s: got %v, want EINVALID", name, err)
+		}
+	}
+	// A well-formed cursor at the first reading pages on to the second.
+	got, _, err := ts.FindReadings(ctx, pylon.ReadingFilter{DeviceID: dev, Cursor: cursor('b', 22, 0)})
+	if err != nil || len(got) != 1 || *got[0].Value != 2 {
+		t.Fatalf("after the first reading: got %v, %v; want the second", got, err)
+	}
+
+	raw := openRaw(t, db.DSN)
+	for i, tc := range []struct{ name, set string }{
+		{"not CBOR", `data = x'ff00'`},
+		{"too many readings", `data = x'9a7fffffff'`},
+		{"past the end of time", `t0 = 9223372036854775000, tick = 1000000000`},
+		{"a tick of zero", `tick = 0`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := devs[1+i]
+			mustWrite(t, ts, pylon.WriteStored, &pylon.TelemetryMessage{DeviceID: d, Seq: 1, Readings: []pylon.Reading{
+				reading("x", storetest.T0, 1), reading("x", storetest.T0.Add(time.Second), 2)}})
+			if _, err := raw.Exec(`UPDATE blocks SET `+tc.set+` WHERE series IN (SELECT id FROM series WHERE device_id = ?)`, d); err != nil {
+				t.Fatal(err)
+			}
+			if got, _, err := ts.FindReadings(ctx, pylon.ReadingFilter{DeviceID: d}); err == nil {
+				t.Errorf("FindReadings: got %d readings and no error", len(got))
+			}
+			if got, err := ts.LatestReadings(ctx, d); err == nil {
+				t.Errorf("LatestReadings: got %d readings and no error", len(got))
+			}
+		})
+	}
 }
