@@ -395,8 +395,10 @@ func TestSubmit_Batched(t *testing.T) {
 			if bad(d, i) && d%2 == 1 {
 				signer = keys[(d+1)%devices] // another device's key
 			}
-			// memStore keeps one sequence space: give each device its own range.
-			payloads[i] = sealed(t, signer, uint64(d*1000+i+1), temp(float64(i)))
+			// memStore keeps one sequence space: give each device its own
+			// range, all within one replay window of each other, so that
+			// the order in which devices commit does not matter.
+			payloads[i] = sealed(t, signer, uint64(d*n+i+1), temp(float64(i)))
 			if bad(d, i) && d%2 == 0 {
 				payloads[i][len(payloads[i])-1] ^= 1
 			}
@@ -422,7 +424,7 @@ func TestSubmit_Batched(t *testing.T) {
 	stored := 0
 	for d := range devices {
 		for i, r := range results[d] {
-			if want := uint64(d*1000 + i + 1); r.Err == nil && r.Seq != want {
+			if want := uint64(d*n + i + 1); r.Err == nil && r.Seq != want {
 				t.Fatalf("dev%d: result %d is of seq %d, want %d: out of order", d, i, r.Seq, want)
 			}
 			switch {
