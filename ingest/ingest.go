@@ -21,7 +21,8 @@
 // batch gathers, with several messages of each busy device. The verifiers
 // (one per CPU, each device's messages always to the same one) check the
 // Ed25519 signatures of all the messages waiting for them at once
-// (ed25519voi.Batch: about half the work of one by one), then decompress
+// (ed25519voi.Batch: about half the work of one by one), waiting up to
+// VerifyLinger for a batch of eight under moderate load, then decompress
 // and decode; messages with other signatures, which a batch does not
 // speed up, Submit checks and decodes itself, and the verifier only keeps
 // their place in line. Results are delivered by a few completion
@@ -129,14 +130,26 @@ type Options struct {
 	// saves CPU for a little latency.
 	Linger time.Duration
 
+	// VerifyLinger is how long a verifier waits, after the first message
+	// of a batch was submitted, for more messages to check in one batch of
+	// Ed25519 signatures, while it has fewer than minVerifyBatch
+	// (DefaultVerifyLinger if 0; none if negative). A batch of 8 costs
+	// about two thirds a signature of checks one by one (ed25519voi's
+	// BenchmarkVerify); under moderate load a verifier would otherwise
+	// check one or two at a time. A verifier with a backlog does not wait.
+	VerifyLinger time.Duration
+
 	// MaxHeld bounds the memory of the messages between Submit and their
 	// result, in bytes (an estimate: payload, decoded SenML and readings);
 	// 256 MiB if 0. Submit waits while it is reached.
 	MaxHeld int64
 }
 
-// DefaultLinger is the default Options.Linger.
-const DefaultLinger = time.Millisecond
+// Defaults of Options.
+const (
+	DefaultLinger       = time.Millisecond
+	DefaultVerifyLinger = 2 * time.Millisecond
+)
 
 // readingSize is what one decoded reading is counted for in MaxHeld.
 const readingSize = 160
@@ -279,6 +292,9 @@ func New(opts Options) *Ingester {
 	}
 	if opts.Linger == 0 {
 		opts.Linger = DefaultLinger
+	}
+	if opts.VerifyLinger == 0 {
+		opts.VerifyLinger = DefaultVerifyLinger
 	}
 	if opts.MaxHeld <= 0 {
 		opts.MaxHeld = 256 << 20
@@ -426,20 +442,27 @@ const (
 	// most: past 64, a batch saves little more.
 	maxVerifyBatch = 64
 
+	// minVerifyBatch is how many Ed25519 signatures a verifier waits for,
+	// up to Options.VerifyLinger, before it checks them.
+	minVerifyBatch = 8
+
 	// verifyQueue is the length of each verifier's queue.
 	verifyQueue = 256
 )
 
 // verifyLoop takes the messages queued to v, as many as are waiting (up
-// to maxVerifyBatch), checks their signatures together, decodes them and
-// queues them, in order, for the committer. It ends when v is closed.
+// to maxVerifyBatch; see lingerVerify for when it waits for more), checks
+// their signatures together, decodes them and queues them, in order, for
+// the committer. It ends when v is closed.
 func (in *Ingester) verifyLoop(v chan *item) {
 	defer in.verifyWG.Done()
 	var (
 		batch   = ed25519voi.NewBatch()
 		items   = make([]*item, 0, maxVerifyBatch)
 		batched = make([]*item, 0, maxVerifyBatch)
+		timer   = time.NewTimer(time.Hour)
 	)
+	timer.Stop()
 	for it := range v {
 		items = append(items[:0], it)
 	gather:
@@ -454,6 +477,8 @@ func (in *Ingester) verifyLoop(v chan *item) {
 				break gather
 			}
 		}
+		items = in.lingerVerify(v, items, timer)
+		in.m.verifyBatch.Observe(float64(len(items)))
 		batched = batched[:0]
 		for _, it := range items {
 			if s := it.signed; s == nil {
@@ -479,6 +504,45 @@ func (in *Ingester) verifyLoop(v chan *item) {
 		clear(items)
 		clear(batched)
 	}
+}
+
+// lingerVerify waits for more messages on v, adding them to items, while
+// fewer than minVerifyBatch of them have signatures to check in a batch,
+// until Options.VerifyLinger after the first of items was submitted. It
+// does not wait if none has (other algorithms, refusals), nor if the first
+// waited in the queue for that long already: a verifier with a backlog
+// has its batches.
+func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer) []*item {
+	batchable := 0
+	for _, it := range items {
+		if it.signed != nil && ed25519voi.Batchable(it.signed.Verifier) {
+			batchable++
+		}
+	}
+	if batchable == 0 || batchable >= minVerifyBatch {
+		return items
+	}
+	wait := in.opts.VerifyLinger - time.Since(items[0].queued)
+	if wait <= 0 {
+		return items
+	}
+	timer.Reset(wait)
+	defer timer.Stop()
+	for batchable < minVerifyBatch && len(items) < maxVerifyBatch {
+		select {
+		case it, ok := <-v:
+			if !ok {
+				return items
+			}
+			items = append(items, it)
+			if it.signed != nil && ed25519voi.Batchable(it.signed.Verifier) {
+				batchable++
+			}
+		case <-timer.C:
+			return items
+		}
+	}
+	return items
 }
 
 // refuseSigned refuses a parsed message whose signature did not verify.

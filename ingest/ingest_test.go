@@ -548,3 +548,62 @@ func TestSubmit_MaxHeld(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmit_VerifyLinger checks that a verifier waits for a batch of
+// Ed25519 signatures under VerifyLinger, and no longer than needed: a lone
+// message waits; the eighth ends the wait for all; a message with another
+// algorithm does not wait; Close ends a wait.
+func TestSubmit_VerifyLinger(t *testing.T) {
+	store := newMemStore()
+	in := ingest.New(ingest.Options{Telemetry: store, VerifyLinger: time.Hour})
+	in.Start()
+	t.Cleanup(func() { in.Close() })
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	ed := ingest.NewKey(edKey.Public())
+	results := make(chan ingest.Result, 16)
+	submit := func(id string, key *envelope.Key, signer crypto.Signer, seq uint64) {
+		in.Submit(context.Background(), id, key, sealed(t, signer, seq, temp(float64(seq))), func(r ingest.Result) { results <- r })
+	}
+	next := func(what string) ingest.Result {
+		t.Helper()
+		select {
+		case r := <-results:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no result", what)
+		}
+		return ingest.Result{}
+	}
+	quiet := func(what string) {
+		t.Helper()
+		select {
+		case r := <-results:
+			t.Fatalf("%s: got a result (seq %d, err %v) while the verifier should wait for its batch", what, r.Seq, r.Err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+
+	submit("ed", ed, edKey, 1)
+	quiet("one Ed25519 message")
+	for seq := uint64(2); seq <= 8; seq++ {
+		submit("ed", ed, edKey, seq)
+	}
+	for seq := uint64(1); seq <= 8; seq++ {
+		if r := next("a batch of 8"); r.Err != nil || r.Seq != seq {
+			t.Fatalf("batch of 8: got seq %d, err %v; want seq %d stored", r.Seq, r.Err, seq)
+		}
+	}
+
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	submit("p256", ingest.NewKey(&p256.PublicKey), p256, 100)
+	if r := next("a P-256 message"); r.Err != nil {
+		t.Fatalf("P-256 message: %v", r.Err)
+	}
+
+	submit("ed", ed, edKey, 9)
+	quiet("a lone Ed25519 message")
+	in.Close()
+	if r := next("a waiting message at Close"); r.Err != nil && !r.Retry {
+		t.Fatalf("waiting message at Close: refused with %v, want stored or retry", r.Err)
+	}
+}

@@ -9,6 +9,7 @@ type metrics struct {
 	latency           prometheus.Histogram
 	commit            prometheus.Histogram
 	batch             prometheus.Histogram
+	verifyBatch       prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,12 +39,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Messages per group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 10),
 		}),
+		verifyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pylon_ingest_verify_batch_messages",
+			Help:    "Messages per verifier batch (their Ed25519 signatures are checked together).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 7),
+		}),
 	}
 	for _, r := range []string{"stored", "duplicate", "refused", "failed"} {
 		m.messages.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.messages, m.readings, m.quarantineDropped, m.latency, m.commit, m.batch)
+		reg.MustRegister(m.messages, m.readings, m.quarantineDropped, m.latency, m.commit, m.batch, m.verifyBatch)
 	}
 	return m
 }
