@@ -275,8 +275,17 @@ func (b *Broker) answer(cl *mqtt.Client, pk packets.Packet, res ingest.Result) {
 // it if asked, through the inline client: as mochi would have, with the
 // payload as sent and the PUBLISH's MQTT 5 properties that a broker
 // forwards (payload format, message expiry, content type, response topic,
-// correlation data, user properties [MQTT-3.3.2]).
+// correlation data, user properties [MQTT-3.3.2]). A message that is not
+// to be retained and that no one subscribes to goes no further: mochi's
+// publish path (its hooks, for the inline client) would cost about a fifth
+// of the answer loop's work for nothing.
 func (b *Broker) route(pk packets.Packet) error {
+	if !pk.FixedHeader.Retain {
+		subs := b.server.Topics.Subscribers(pk.TopicName)
+		if len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 && len(subs.InlineSubscriptions) == 0 {
+			return nil
+		}
+	}
 	return b.server.InjectPacket(b.inline, packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain},
 		TopicName:   pk.TopicName,
