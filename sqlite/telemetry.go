@@ -266,11 +266,14 @@ func (s *TelemetryService) prepare(ctx context.Context) error {
 				` ON CONFLICT (device_id, lo) DO UPDATE SET hi = max(hi, excluded.hi), received = max(received, excluded.received)`,
 			insertBlockSQL + valuesSQL(1<<k, blockCols),
 			// Prepared once: preparing it for each commit had cost a
-			// tenth of the server's CPU at 3,700 packs a second.
-			`SELECT d.id, t.lo, t.hi FROM devices d
+			// tenth of the server's CPU at 3,700 packs a second. The IDs
+			// come as a VALUES list, scanned in order (CROSS JOIN fixes
+			// the join order), not as an IN list, which SQLite first sorts
+			// into a temporary index: a third less time for 128 devices.
+			`SELECT d.id, t.lo, t.hi FROM (VALUES ` + valuesSQL(1<<k, 1) + `) v
+			CROSS JOIN devices d ON d.id = v.column1
 			LEFT JOIN sequences t ON t.device_id = d.id
-				AND t.lo = (SELECT max(x.lo) FROM sequences x WHERE x.device_id = d.id)
-			WHERE d.id IN (` + strings.TrimSuffix(strings.Repeat("?,", 1<<k), ",") + `)`,
+				AND t.lo = (SELECT max(x.lo) FROM sequences x WHERE x.device_id = d.id)`,
 		} {
 			st, err := s.db.writer.PrepareContext(ctx, q)
 			if err != nil {
@@ -522,7 +525,7 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 }
 
 // lookupDevices reads whether each device exists and its top run into
-// b.top, with the statements stmts (the IN list of stmts[k] has 1<<k
+// b.top, with the statements stmts (the VALUES list of stmts[k] has 1<<k
 // places; those left over are given "", which no device ID is).
 func (b *batch) lookupDevices(ctx context.Context, stmts *[7]*sql.Stmt, ids []string) error {
 	for chunk := range slices.Chunk(ids, 1<<(len(stmts)-1)) {
