@@ -607,3 +607,30 @@ func TestSubmit_VerifyLinger(t *testing.T) {
 		t.Fatalf("waiting message at Close: refused with %v, want stored or retry", r.Err)
 	}
 }
+
+// TestSubmit_VerifyLingerEnds checks that a lone Ed25519 message, with no
+// Close to end the wait, is answered once VerifyLinger has passed since
+// its submission, and not before; three in a row, as the verifier reuses
+// its timer.
+func TestSubmit_VerifyLingerEnds(t *testing.T) {
+	const linger = 50 * time.Millisecond
+	in := startIngesterWith(t, ingest.Options{Telemetry: newMemStore(), VerifyLinger: linger})
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	key := ingest.NewKey(edKey.Public())
+	for seq := uint64(1); seq <= 3; seq++ {
+		done := make(chan ingest.Result, 1)
+		start := time.Now()
+		in.Submit(context.Background(), "ed", key, sealed(t, edKey, seq, temp(1)), func(r ingest.Result) { done <- r })
+		select {
+		case r := <-done:
+			if r.Err != nil || r.Seq != seq {
+				t.Fatalf("seq %d: got seq %d, err %v; want it stored", seq, r.Seq, r.Err)
+			}
+			if d := time.Since(start); d < linger {
+				t.Fatalf("seq %d: answered after %v, before VerifyLinger (%v) had passed", seq, d, linger)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("seq %d: no result 5 s after submission, with VerifyLinger %v", seq, linger)
+		}
+	}
+}

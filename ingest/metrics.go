@@ -41,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		verifyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pylon_ingest_verify_batch_messages",
-			Help:    "Messages per verifier batch (their Ed25519 signatures are checked together).",
+			Help:    "Messages a verifier took at once; the Ed25519 signatures among them are checked in one batch.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 7),
 		}),
 	}
