@@ -12,12 +12,14 @@ import (
 	"github.com/pylonhq/pylon/ingest"
 )
 
-// metrics are the broker's Prometheus metrics. Gauges and message counts
-// are read from mochi's own counters (system.Info) when scraped.
+// metrics are the broker's Prometheus metrics. The connected clients and
+// the messages sent are read from mochi's own counters (system.Info) when
+// scraped.
 type metrics struct {
 	connections prometheus.Counter
 	refused     *prometheus.CounterVec // by reason (see the reason constants)
 	aclDenied   *prometheus.CounterVec // by op: publish, subscribe
+	received    prometheus.Counter     // PUBLISH packets read from clients
 
 	telemetryRefused     *prometheus.CounterVec // by code: invalid, unauthorized, too_large
 	telemetryDisconnects prometheus.Counter     // devices dropped because their message could not be stored
@@ -38,6 +40,13 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 			Name: "pylon_mqtt_acl_denied_total",
 			Help: "MQTT publishes and subscriptions denied by the topic ACL, by operation.",
 		}, []string{"op"}),
+		// Counted here, not read from mochi's MessagesReceived, which
+		// also counts what the broker publishes itself through the inline
+		// client (stored telemetry it routes, error reports).
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pylon_mqtt_messages_received_total",
+			Help: "MQTT PUBLISH packets received from clients.",
+		}),
 	}
 	m.telemetryRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pylon_mqtt_telemetry_refused_total",
@@ -56,15 +65,11 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 		return m, nil
 	}
 	collectors := []prometheus.Collector{
-		m.connections, m.refused, m.aclDenied, m.telemetryRefused, m.telemetryDisconnects,
+		m.connections, m.refused, m.aclDenied, m.received, m.telemetryRefused, m.telemetryDisconnects,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "pylon_mqtt_connected_clients",
 			Help: "MQTT clients connected now.",
 		}, func() float64 { return float64(atomic.LoadInt64(&info.ClientsConnected)) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "pylon_mqtt_messages_received_total",
-			Help: "MQTT PUBLISH packets received.",
-		}, func() float64 { return float64(atomic.LoadInt64(&info.MessagesReceived)) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "pylon_mqtt_messages_sent_total",
 			Help: "MQTT PUBLISH packets sent.",
@@ -88,9 +93,19 @@ type metricsHook struct {
 func (h *metricsHook) ID() string { return "pylon-metrics" }
 
 // Provides implements mqtt.Hook.
-func (h *metricsHook) Provides(b byte) bool { return b == mqtt.OnSessionEstablished }
+func (h *metricsHook) Provides(b byte) bool {
+	return b == mqtt.OnSessionEstablished || b == mqtt.OnPacketRead
+}
 
 // OnSessionEstablished counts a session.
 func (h *metricsHook) OnSessionEstablished(*mqtt.Client, packets.Packet) {
 	h.m.connections.Inc()
+}
+
+// OnPacketRead counts a PUBLISH read from a client.
+func (h *metricsHook) OnPacketRead(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Publish {
+		h.m.received.Inc()
+	}
+	return pk, nil
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/pylonhq/pylon"
 	"github.com/pylonhq/pylon/broker"
@@ -516,4 +518,84 @@ func TestTelemetry_InFlightBounded(t *testing.T) {
 			t.Fatalf("packet %d: got 0x%02x % x, want the PUBACK of packet id %d", pid, h, body, pid)
 		}
 	}
+}
+
+// startAccepting starts a broker whose ingester stores every message, and
+// connects a device to it.
+func startAccepting(t *testing.T) (*env, string, *client) {
+	t.Helper()
+	e, _ := MustStartIngest(t, accept)
+	id, cert := e.NewDevice()
+	return e, id, e.MustConnect(cert, id)
+}
+
+// mustStore publishes payload as the device's telemetry at QoS 1 and
+// wants it acknowledged as stored.
+func mustStore(t *testing.T, dev *client, id, payload string, retain bool) {
+	t.Helper()
+	if got := dev.Publish1(t, broker.TelemetryTopic(id), []byte(payload), retain); got != 0 {
+		t.Fatalf("%s: got PUBACK 0x%02x, want 0x00", payload, got)
+	}
+}
+
+// TestTelemetry_RetainedWithoutSubscribers: a stored message to be
+// retained is retained even though no one subscribed when it came (route
+// skips mochi only for messages not retained and not subscribed to).
+func TestTelemetry_RetainedWithoutSubscribers(t *testing.T) {
+	e, id, dev := startAccepting(t)
+	mustStore(t, dev, id, "kept", true)
+	in := e.integration(t)
+	if m := in.Receive(t); string(m.Payload) != "kept" || !m.Retain {
+		t.Fatalf("got %q (retain %v), want the retained telemetry", m.Payload, m.Retain)
+	}
+}
+
+// TestTelemetry_InlineSubscriberOnly: a subscription of the server's own
+// (mochi's inline client) is a subscriber too: it gets stored telemetry;
+// and a message no one subscribed to is not kept for later subscribers.
+func TestTelemetry_InlineSubscriberOnly(t *testing.T) {
+	e, id, dev := startAccepting(t)
+	mustStore(t, dev, id, "unheard", false)
+	got := make(chan string, 4)
+	if err := e.b.Server().Subscribe("devices/+/telemetry", 7, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		got <- string(pk.Payload)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mustStore(t, dev, id, "live", false)
+	select {
+	case p := <-got:
+		if p != "live" {
+			t.Fatalf("inline subscriber got %q, want \"live\"", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("inline subscriber got nothing")
+	}
+	in := e.integration(t)
+	e.ExpectOnly(t, in, "devices/"+id+"/marker")
+}
+
+// TestMetrics_MessagesReceivedOnce: pylon_mqtt_messages_received_total
+// counts a device's PUBLISH once, whether it is routed to a subscriber or
+// not, and refused or not: what the broker publishes itself (routed
+// telemetry, error reports) is not "received".
+func TestMetrics_MessagesReceivedOnce(t *testing.T) {
+	e, ing := MustStartIngest(t, accept)
+	id, cert := e.NewDevice()
+	dev := e.MustConnect(cert, id)
+	const name = "pylon_mqtt_messages_received_total"
+	publish := func(what string, payload []byte) {
+		t.Helper()
+		before := e.metric(name)
+		dev.Publish1(t, broker.TelemetryTopic(id), payload, false)
+		if d := e.metric(name) - before; d != 1 {
+			t.Errorf("%s: %s rose by %v, want 1", what, name, d)
+		}
+	}
+	publish("no subscriber", []byte("a"))
+	in := e.integration(t)
+	publish("routed to a subscriber", []byte("b"))
+	in.Receive(t)
+	ing.Set(refuseWith(ingest.ReasonPayloadInvalid, pylon.EINVALID, "senml: nope"))
+	publish("refused, with an error report", []byte("c"))
 }
