@@ -549,18 +549,27 @@ echo '[{"n":"temp","u":"Cel","v":21.5},{"n":"humidity","u":"%RH","v":40}]' |
 
 	// A replayed sequence number, and the device reading the report with
 	// mosquitto_sub in a persistent session (docs/protocol.md §6.10).
+	// mosquitto_pub resumes that session too, so the broker may deliver the
+	// report to it while it waits for its PUBACK (MQTT allows either;
+	// mochi mostly holds it for the next connection, which then gets it).
+	// -d shows a delivery to mosquitto_pub; then no mosquitto_sub follows.
 	s.sh(t, `echo '[{"n":"temp","v":1}]' | $PYLON seal --key dev/device.key --seq 10000 | mosquitto_pub --cafile dev/ca.crt --cert dev/device.crt --key dev/device.key -h localhost -p $MQTT_PORT -i `+dev.ID+` -q 1 -t devices/`+dev.ID+`/telemetry -s`)
 	out := s.sh(t, `ID=$(cat dev/device.id)
 MQTT="--cafile dev/ca.crt --cert dev/device.crt --key dev/device.key -h localhost -p $MQTT_PORT -i $ID -V mqttv5 -c -x 300"
 mosquitto_sub $MQTT -q 1 -t "devices/$ID/errors" -E
 echo '[{"n":"temp","u":"Cel","v":21.5}]' |
   $PYLON seal --key dev/device.key --seq 5 |
-  mosquitto_pub $MQTT -q 1 -t "devices/$ID/telemetry" -s > pub.log 2>&1
-mosquitto_sub $MQTT -q 1 -t "devices/$ID/errors" -C 1 -W 5`)
-	var r errorReport
-	mustJSON(t, strings.TrimSpace(out), &r)
-	if r.Seq != 5 || r.Code != "unauthorized" || !strings.Contains(r.Reason, "replay") {
-		t.Fatalf("mosquitto_sub: got %+v, want a replay report for seq 5", r)
+  mosquitto_pub $MQTT -d -q 1 -t "devices/$ID/telemetry" -s > pub.log 2>&1
+if grep -q "received PUBLISH (.*'devices/$ID/errors'" pub.log; then echo to-mosquitto_pub
+else mosquitto_sub $MQTT -q 1 -t "devices/$ID/errors" -C 1 -W 5; fi`)
+	if strings.TrimSpace(out) == "to-mosquitto_pub" {
+		t.Log("the error report went to mosquitto_pub, which had resumed the session")
+	} else {
+		var r errorReport
+		mustJSON(t, strings.TrimSpace(out), &r)
+		if r.Seq != 5 || r.Code != "unauthorized" || !strings.Contains(r.Reason, "replay") {
+			t.Fatalf("mosquitto_sub: got %+v, want a replay report for seq 5", r)
+		}
 	}
 	if out := s.sh(t, `cat pub.log`); !strings.Contains(out, "Not authorized") || !strings.Contains(out, "replay") {
 		t.Errorf("mosquitto_pub: got %q, want the PUBACK 0x87 and its reason", out)
