@@ -16,7 +16,6 @@ const (
 	cborNull        = 0xf6
 	cborTagSign1    = 0xd2 // tag 18, COSE_Sign1
 	cborEmptyBytes  = 0x40
-	majorBytes      = 2
 	labelAlg        = 1
 	labelCType      = 3
 	sigContext      = "Signature1"
@@ -64,7 +63,7 @@ func readBytes(b []byte, what string) (content, rest []byte, err error) {
 		return nil, nil, malformed("truncated %s", what)
 	}
 	major, info := b[0]>>5, b[0]&0x1f
-	if major != majorBytes {
+	if major != cborenc.Bytes {
 		return nil, nil, malformed("%s must be a byte string", what)
 	}
 	b = b[1:]
@@ -253,14 +252,13 @@ func appendProtected(b []byte, alg cose.Algorithm, seq uint64, contentType int, 
 	b = appendInt(b, int64(alg))
 	if contentType != ContentTypeSenMLCBOR {
 		b = append(b, labelCType)
-		b = cborenc.AppendHead(b, 0, uint64(contentType))
+		b = cborenc.AppendHead(b, cborenc.Uint, uint64(contentType))
 	}
 	b = appendInt(b, HeaderSeq)
-	b = cborenc.AppendHead(b, 0, seq)
+	b = cborenc.AppendHead(b, cborenc.Uint, seq)
 	if encoding != "" {
 		b = appendInt(b, HeaderEncoding)
-		b = cborenc.AppendHead(b, 3, uint64(len(encoding)))
-		b = append(b, encoding...)
+		b = cborenc.AppendText(b, encoding)
 	}
 	return b
 }
@@ -272,10 +270,10 @@ func appendProtected(b []byte, alg cose.Algorithm, seq uint64, contentType int, 
 func appendSigStructure(b, protected, payload []byte) []byte {
 	b = append(b, cborArray4, sigContextHead)
 	b = append(b, sigContext...)
-	b = cborenc.AppendHead(b, majorBytes, uint64(len(protected)))
+	b = cborenc.AppendHead(b, cborenc.Bytes, uint64(len(protected)))
 	b = append(b, protected...)
 	b = append(b, cborEmptyBytes)
-	b = cborenc.AppendHead(b, majorBytes, uint64(len(payload)))
+	b = cborenc.AppendHead(b, cborenc.Bytes, uint64(len(payload)))
 	return append(b, payload...)
 }
 
@@ -289,12 +287,12 @@ func appendSign1(b []byte, tagged bool, protected, payload, sig []byte) []byte {
 		b = append(b, cborTagSign1)
 	}
 	b = append(b, cborArray4)
-	b = cborenc.AppendHead(b, majorBytes, uint64(len(protected)))
+	b = cborenc.AppendHead(b, cborenc.Bytes, uint64(len(protected)))
 	b = append(b, protected...)
 	b = append(b, cborEmptyMap)
-	b = cborenc.AppendHead(b, majorBytes, uint64(len(payload)))
+	b = cborenc.AppendHead(b, cborenc.Bytes, uint64(len(payload)))
 	b = append(b, payload...)
-	b = cborenc.AppendHead(b, majorBytes, uint64(len(sig)))
+	b = cborenc.AppendHead(b, cborenc.Bytes, uint64(len(sig)))
 	return append(b, sig...)
 }
 
@@ -305,7 +303,7 @@ func sign1Len(protected, payload, sig []byte) int {
 // appendInt appends a CBOR integer.
 func appendInt(b []byte, v int64) []byte {
 	if v >= 0 {
-		return cborenc.AppendHead(b, 0, uint64(v))
+		return cborenc.AppendHead(b, cborenc.Uint, uint64(v))
 	}
-	return cborenc.AppendHead(b, 1, uint64(-1-v))
+	return cborenc.AppendHead(b, cborenc.NegInt, uint64(-1-v))
 }

@@ -6,18 +6,8 @@ import (
 	"math"
 	"strconv"
 	"unicode/utf8"
-)
 
-// CBOR major types.
-const (
-	majUint   = 0
-	majNegInt = 1
-	majBytes  = 2
-	majText   = 3
-	majArray  = 4
-	majMap    = 5
-	majTag    = 6
-	majSimple = 7
+	"github.com/pylonhq/pylon/internal/cborenc"
 )
 
 // CBOR tags that the decoder understands.
@@ -65,7 +55,7 @@ func (r *cborReader) head() (major, info byte, arg uint64, err error) {
 	case info == 27:
 		n = 8
 	case info == 31:
-		if major == majSimple {
+		if major == cborenc.Simple {
 			return 0, 0, 0, errors.New("unexpected break code")
 		}
 		return 0, 0, 0, errors.New("indefinite-length items are not supported")
@@ -79,7 +69,7 @@ func (r *cborReader) head() (major, info byte, arg uint64, err error) {
 		arg = arg<<8 | uint64(c)
 	}
 	r.off += n
-	if major == majSimple && info == 24 && arg < 32 {
+	if major == cborenc.Simple && info == 24 && arg < 32 {
 		return 0, 0, 0, errors.New("malformed simple value")
 	}
 	return major, info, arg, nil
@@ -100,7 +90,7 @@ func (r *cborReader) text(max int) ([]byte, error) {
 	major, _, n, err := r.head()
 	if err != nil {
 		return nil, err
-	} else if major != majText {
+	} else if major != cborenc.Text {
 		return nil, fmt.Errorf("want a text string, got %s", majorName(major))
 	} else if n > uint64(max) {
 		return nil, fmt.Errorf("longer than %d bytes", max)
@@ -123,11 +113,11 @@ func (r *cborReader) number() (float64, error) {
 	}
 	var f float64
 	switch major {
-	case majUint:
+	case cborenc.Uint:
 		f = float64(arg)
-	case majNegInt:
+	case cborenc.NegInt:
 		f = -1 - float64(arg)
-	case majSimple:
+	case cborenc.Simple:
 		switch info {
 		case 25:
 			f = float16to64(uint16(arg))
@@ -138,7 +128,7 @@ func (r *cborReader) number() (float64, error) {
 		default:
 			return 0, fmt.Errorf("want a number, got %s", simpleName(info, arg))
 		}
-	case majTag:
+	case cborenc.Tag:
 		if arg != tagDecimalFraction {
 			return 0, fmt.Errorf("want a number, got tag %d", arg)
 		}
@@ -160,7 +150,7 @@ func (r *cborReader) decimalFraction() (float64, error) {
 	major, _, n, err := r.head()
 	if err != nil {
 		return 0, err
-	} else if major != majArray || n != 2 {
+	} else if major != cborenc.Array || n != 2 {
 		return 0, errors.New("decimal fraction must be an array of two integers")
 	}
 	var buf [48]byte
@@ -172,13 +162,13 @@ func (r *cborReader) decimalFraction() (float64, error) {
 			return 0, err
 		}
 		switch {
-		case major == majUint && k == 0 && arg <= math.MaxInt64:
+		case major == cborenc.Uint && k == 0 && arg <= math.MaxInt64:
 			exp = int64(arg)
-		case major == majNegInt && k == 0 && arg <= math.MaxInt64:
+		case major == cborenc.NegInt && k == 0 && arg <= math.MaxInt64:
 			exp = -1 - int64(arg)
-		case major == majUint && k == 1:
+		case major == cborenc.Uint && k == 1:
 			b = strconv.AppendUint(b, arg, 10)
-		case major == majNegInt && k == 1:
+		case major == cborenc.NegInt && k == 1:
 			// -1-arg, written without overflow.
 			b = append(b, '-')
 			if arg == math.MaxUint64 {
@@ -207,9 +197,9 @@ func (r *cborReader) skipScalar() error {
 		return err
 	}
 	switch major {
-	case majUint, majNegInt, majSimple:
+	case cborenc.Uint, cborenc.NegInt, cborenc.Simple:
 		return nil
-	case majBytes, majText:
+	case cborenc.Bytes, cborenc.Text:
 		_, err := r.bytes(n)
 		return err
 	}
@@ -265,13 +255,13 @@ func (e *fieldError) Error() string { return e.err.Error() }
 func decodeCBOR(z *resolver, pack []byte) error {
 	r := cborReader{b: pack}
 	major, _, n, err := r.head()
-	if err == nil && major == majTag && n == tagSelfDescribed {
+	if err == nil && major == cborenc.Tag && n == tagSelfDescribed {
 		major, _, n, err = r.head()
 	}
 	switch {
 	case err != nil:
 		return invalidf("senml: pack: %s", err)
-	case major != majArray:
+	case major != cborenc.Array:
 		return invalidf("senml: pack: want an array of records, got %s", majorName(major))
 	case n == 0:
 		return invalidf("senml: pack: no records")
@@ -306,7 +296,7 @@ func (r *cborReader) record(rec *rawRecord) error {
 	major, _, n, err := r.head()
 	if err != nil {
 		return err
-	} else if major != majMap {
+	} else if major != cborenc.Map {
 		return fmt.Errorf("want a map, got %s", majorName(major))
 	} else if n > maxFieldsPerRecord {
 		return fmt.Errorf("more than %d fields", maxFieldsPerRecord)
@@ -318,20 +308,20 @@ func (r *cborReader) record(rec *rawRecord) error {
 		}
 		var l label
 		switch {
-		case major == majUint && k <= 8:
+		case major == cborenc.Uint && k <= 8:
 			l = cborLabels[6+k]
-		case major == majNegInt && k <= 5:
+		case major == cborenc.NegInt && k <= 5:
 			l = cborLabels[5-k]
-		case major == majUint || major == majNegInt:
+		case major == cborenc.Uint || major == cborenc.NegInt:
 			v := strconv.FormatUint(k, 10)
-			if major == majNegInt {
+			if major == cborenc.NegInt {
 				v = "-" + strconv.FormatUint(k+1, 10)
 				if k == math.MaxUint64 {
 					v = "-18446744073709551616"
 				}
 			}
 			return &fieldError{v, errors.New("unknown integer label (the RFC 8428 table is closed)")}
-		case major == majText:
+		case major == cborenc.Text:
 			key, err := r.bytes(k)
 			if err != nil {
 				return err
@@ -391,7 +381,7 @@ func (r *cborReader) value(rec *rawRecord, l label) error {
 		switch {
 		case herr != nil:
 			err = herr
-		case major == majSimple && (info == 20 || info == 21):
+		case major == cborenc.Simple && (info == 20 || info == 21):
 			rec.vb = info == 21
 		default:
 			err = errors.New("want a boolean")
@@ -401,7 +391,7 @@ func (r *cborReader) value(rec *rawRecord, l label) error {
 		switch {
 		case herr != nil:
 			err = herr
-		case major != majBytes:
+		case major != cborenc.Bytes:
 			err = fmt.Errorf("want a byte string, got %s", majorName(major))
 		case n > maxDataLen:
 			err = fmt.Errorf("longer than %d bytes", maxDataLen)
@@ -413,7 +403,7 @@ func (r *cborReader) value(rec *rawRecord, l label) error {
 		switch {
 		case herr != nil:
 			err = herr
-		case major != majUint:
+		case major != cborenc.Uint:
 			err = fmt.Errorf("want an unsigned integer, got %s", majorName(major))
 		default:
 			rec.bver = n

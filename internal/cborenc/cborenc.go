@@ -2,7 +2,7 @@
 // heads in their shortest form, text, and numbers in their shortest exact
 // form. It is the encoder that SenML packs (package senml) and the
 // store's blocks of readings (package sqlite) share; each decodes on its
-// own terms.
+// own terms, with the major types named here.
 package cborenc
 
 import "math"
@@ -15,6 +15,8 @@ const (
 	Text   = 3
 	Array  = 4
 	Map    = 5
+	Tag    = 6
+	Simple = 7 // and floats
 )
 
 // AppendHead appends a CBOR head in its shortest form.
