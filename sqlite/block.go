@@ -228,9 +228,8 @@ const (
 // Readings wait in a heap until no block still to come can hold one that
 // goes before them: going up, a reading before the next block's t0;
 // going down, one after the next block's t0 plus span, the widest block
-// of the series read. wait.desc must be desc.
+// of the series read. The direction is the heap's, wait.desc.
 type pager struct {
-	desc     bool
 	span     int64
 	bound    readingKey // exclusive: the page starts after it
 	from, to int64      // readings in [from, to)
@@ -251,7 +250,7 @@ func (p *pager) add(b *storedBlock) error {
 		if k.time < p.from || k.time >= p.to {
 			return
 		}
-		if c := k.cmp(p.bound); !p.desc && c <= 0 || p.desc && c >= 0 {
+		if c := k.cmp(p.bound); !p.wait.desc && c <= 0 || p.wait.desc && c >= 0 {
 			return
 		}
 		heap.Push(&p.wait, keyed{key: k, series: b.series, r: r})
@@ -266,7 +265,7 @@ func (p *pager) finish() { p.emit(0, true) }
 func (p *pager) emit(next int64, all bool) {
 	for len(p.wait.k) > 0 && !p.full() {
 		top := p.wait.k[0].key.time
-		if !all && (!p.desc && top >= next || p.desc && (top <= next || uint64(top)-uint64(next) <= uint64(p.span))) {
+		if !all && (!p.wait.desc && top >= next || p.wait.desc && (top <= next || uint64(top)-uint64(next) <= uint64(p.span))) {
 			return
 		}
 		p.out = append(p.out, heap.Pop(&p.wait).(keyed))

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"math/bits"
 	"slices"
 	"strings"
 	"sync"
@@ -529,10 +530,7 @@ func (s *TelemetryService) write(ctx context.Context, msgs []*pylon.TelemetryMes
 // places; those left over are given "", which no device ID is).
 func (b *batch) lookupDevices(ctx context.Context, stmts *[7]*sql.Stmt, ids []string) error {
 	for chunk := range slices.Chunk(ids, 1<<(len(stmts)-1)) {
-		k := 0
-		for 1<<k < len(chunk) {
-			k++
-		}
+		k := bits.Len(uint(len(chunk) - 1)) // 1<<k places, the fewest that hold chunk
 		args := make([]any, 1<<k)
 		for i := range args {
 			args[i] = ""
@@ -894,7 +892,7 @@ func (s *TelemetryService) FindReadings(ctx context.Context, f pylon.ReadingFilt
 	}
 	var page []keyed
 	for chunk := range slices.Chunk(ids, maxArms) {
-		p := &pager{desc: f.Desc, bound: bound, from: from, to: to, limit: limit + 1, wait: waiting{desc: f.Desc}}
+		p := &pager{bound: bound, from: from, to: to, limit: limit + 1, wait: waiting{desc: f.Desc}}
 		for _, id := range chunk {
 			p.span = max(p.span, spans[id])
 		}
@@ -991,7 +989,7 @@ func pageQuery(ids []int64, p *pager) (string, []any) {
 	// ?1 <= t0 < ?2; ?3...: series IDs. A block holds readings from its
 	// t0 to at most t0 + span.
 	lo, hi, order := satSub(p.bound.time, p.span), p.to, `3, 1`
-	if p.desc {
+	if p.wait.desc {
 		lo, hi, order = satSub(p.from, p.span), min(p.bound.time, maxNanos)+1, `3 DESC, 1 DESC`
 	}
 	var q strings.Builder
