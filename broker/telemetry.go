@@ -68,9 +68,11 @@ type deviceConn struct {
 	// pending holds a token for each QoS 0/1 telemetry message between
 	// its Submit and its answer: at most receiveMaximum, after which the
 	// connection's read goroutine waits. answers queues the results to
-	// answer, in order; it never fills, as each holds a token.
+	// answer, in order; it never fills, as each holds a token. It holds
+	// pointers: a buffer of receiveMaximum packets by value would take
+	// 55 KB a connection, all of it scanned by every garbage collection.
 	pending chan struct{}
-	answers chan answer
+	answers chan *answer
 	start   sync.Once     // starts answerLoop on the first message
 	gone    chan struct{} // closed when the connection has ended
 
@@ -79,17 +81,20 @@ type deviceConn struct {
 	unavailable atomic.Bool
 }
 
-// answer is a telemetry message and its ingest result.
+// answer is a telemetry message and its ingest result. They are reused
+// (answerPool): a message's answer is an allocation of 850 bytes.
 type answer struct {
 	pk  packets.Packet
 	res ingest.Result
 }
 
+var answerPool = sync.Pool{New: func() any { return new(answer) }}
+
 func (k *deviceConns) set(c net.Conn, key *envelope.Key) {
 	k.m.Store(c, &deviceConn{
 		key:     key,
 		pending: make(chan struct{}, receiveMaximum),
-		answers: make(chan answer, receiveMaximum),
+		answers: make(chan *answer, receiveMaximum),
 		gone:    make(chan struct{}),
 	})
 }
@@ -178,8 +183,11 @@ func (h *telemetryHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.P
 			b.wg.Add(1)
 			go b.answerLoop(cl, dc)
 		})
+		a := answerPool.Get().(*answer)
+		a.pk = pk
 		b.opts.Ingest.Submit(ctx, cl.ID, dc.key, pk.Payload, func(res ingest.Result) {
-			dc.answers <- answer{pk, res}
+			a.res = res
+			dc.answers <- a
 		})
 		return pk, packets.ErrRejectPacket
 	}
@@ -213,6 +221,8 @@ func (b *Broker) answerLoop(cl *mqtt.Client, dc *deviceConn) {
 			cc.cork()
 			for more := true; more; {
 				b.answer(cl, a.pk, a.res)
+				*a = answer{}
+				answerPool.Put(a)
 				<-dc.pending
 				select {
 				case a = <-dc.answers:

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -478,17 +479,24 @@ func TestTelemetry_Pipelined(t *testing.T) {
 // TestTelemetry_InFlightBounded checks that a device that sends more
 // telemetry than the Receive Maximum without waiting for PUBACKs gets no
 // more than that many messages into the platform's hands, is not
-// disconnected, and has every message answered once earlier ones are.
+// disconnected, and has every message answered once earlier ones are:
+// each PUBACK and each routed copy belongs to its own message, although
+// the broker reuses what it keeps of a message between Submit and answer.
 func TestTelemetry_InFlightBounded(t *testing.T) {
 	ing := &heldIngester{}
-	e := MustStart(t, func(o *broker.Options, _ *fakeStore) { o.Ingest = ing })
+	e := MustStart(t, func(o *broker.Options, _ *fakeStore) {
+		o.Ingest = ing
+		o.PlainAddr = "127.0.0.1:0"
+	})
+	in := e.integration(t)
 	id, cert := e.NewDevice()
 	conn := e.mustConnectV3(t, cert, id)
 	n := broker.ReceiveMaximum + 10
+	payload := func(pid int) string { return "m" + strconv.Itoa(pid) }
 	go func() {
 		for pid := 1; pid <= n; pid++ {
 			body := append(appendString(nil, broker.TelemetryTopic(id)), byte(pid>>8), byte(pid))
-			if _, err := conn.Write(appendPacket(nil, 0x32, append(body, 'm'))); err != nil {
+			if _, err := conn.Write(appendPacket(nil, 0x32, append(body, payload(pid)...))); err != nil {
 				return
 			}
 		}
@@ -516,6 +524,11 @@ func TestTelemetry_InFlightBounded(t *testing.T) {
 		h, body := v3Packet(t, r)
 		if h&0xf0 != 0x40 || len(body) != 2 || int(body[0])<<8|int(body[1]) != pid {
 			t.Fatalf("packet %d: got 0x%02x % x, want the PUBACK of packet id %d", pid, h, body, pid)
+		}
+	}
+	for pid := 1; pid <= n; pid++ {
+		if m := in.Receive(t); string(m.Payload) != payload(pid) {
+			t.Fatalf("routed message %d: got %q, want %q", pid, m.Payload, payload(pid))
 		}
 	}
 }
