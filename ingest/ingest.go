@@ -39,6 +39,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"runtime"
 	"sync"
 	"time"
@@ -136,7 +137,10 @@ type Options struct {
 	// (DefaultVerifyLinger if 0; none if negative). A batch of 8 costs
 	// about two thirds a signature of checks one by one (ed25519voi's
 	// BenchmarkVerify); under moderate load a verifier would otherwise
-	// check one or two at a time. A verifier with a backlog does not wait.
+	// check one or two at a time. A verifier with a backlog does not wait,
+	// nor does one whose last two messages came further apart than the
+	// wait it has left: sparse traffic (a lone device, a quiet fleet)
+	// would wait for nothing.
 	VerifyLinger time.Duration
 
 	// MaxHeld bounds the memory of the messages between Submit and their
@@ -463,7 +467,9 @@ func (in *Ingester) verifyLoop(v chan *item) {
 		timer   = time.NewTimer(time.Hour)
 	)
 	timer.Stop()
+	var gaps arrivals
 	for it := range v {
+		gaps.note(it)
 		items = append(items[:0], it)
 	gather:
 		for len(items) < maxVerifyBatch {
@@ -472,12 +478,13 @@ func (in *Ingester) verifyLoop(v chan *item) {
 				if !ok {
 					break gather
 				}
+				gaps.note(it)
 				items = append(items, it)
 			default:
 				break gather
 			}
 		}
-		items = in.lingerVerify(v, items, timer)
+		items = in.lingerVerify(v, items, timer, &gaps)
 		in.m.verifyBatch.Observe(float64(len(items)))
 		batched = batched[:0]
 		for _, it := range items {
@@ -506,13 +513,30 @@ func (in *Ingester) verifyLoop(v chan *item) {
 	}
 }
 
+// arrivals follows the gap between the submissions of the last two
+// messages a verifier took from its queue.
+type arrivals struct {
+	last time.Time
+	gap  time.Duration // math.MaxInt64 until two messages came
+}
+
+func (a *arrivals) note(it *item) {
+	if a.last.IsZero() {
+		a.gap = math.MaxInt64
+	} else {
+		a.gap = max(it.queued.Sub(a.last), 0) // concurrent Submits may swap
+	}
+	a.last = it.queued
+}
+
 // lingerVerify waits for more messages on v, adding them to items, while
 // fewer than minVerifyBatch of them have signatures to check in a batch,
 // until Options.VerifyLinger after the first of items was submitted. It
 // does not wait if none has (other algorithms, refusals), nor if the first
 // waited in the queue for that long already: a verifier with a backlog
-// has its batches.
-func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer) []*item {
+// has its batches; nor if the last gap between messages is longer than
+// the wait left: the next message is unlikely to come in time.
+func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer, gaps *arrivals) []*item {
 	batchable := 0
 	for _, it := range items {
 		if it.signed != nil && ed25519voi.Batchable(it.signed.Verifier) {
@@ -523,7 +547,7 @@ func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer)
 		return items
 	}
 	wait := in.opts.VerifyLinger - time.Since(items[0].queued)
-	if wait <= 0 {
+	if wait <= 0 || gaps.gap >= wait {
 		return items
 	}
 	timer.Reset(wait)
@@ -534,6 +558,7 @@ func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer)
 			if !ok {
 				return items
 			}
+			gaps.note(it)
 			items = append(items, it)
 			if it.signed != nil && ed25519voi.Batchable(it.signed.Verifier) {
 				batchable++

@@ -550,8 +550,9 @@ func TestSubmit_MaxHeld(t *testing.T) {
 }
 
 // TestSubmit_VerifyLinger checks that a verifier waits for a batch of
-// Ed25519 signatures under VerifyLinger, and no longer than needed: a lone
-// message waits; the eighth ends the wait for all; a message with another
+// Ed25519 signatures under VerifyLinger, and no longer than needed: the
+// first message, with none before it, does not wait; one that follows
+// closely waits; the eighth ends the wait for all; a message with another
 // algorithm does not wait; Close ends a wait.
 func TestSubmit_VerifyLinger(t *testing.T) {
 	store := newMemStore()
@@ -584,11 +585,15 @@ func TestSubmit_VerifyLinger(t *testing.T) {
 	}
 
 	submit("ed", ed, edKey, 1)
-	quiet("one Ed25519 message")
-	for seq := uint64(2); seq <= 8; seq++ {
+	if r := next("a first message"); r.Err != nil || r.Seq != 1 {
+		t.Fatalf("first message: got seq %d, err %v; want seq 1 stored", r.Seq, r.Err)
+	}
+	submit("ed", ed, edKey, 2)
+	quiet("an Ed25519 message just after another")
+	for seq := uint64(3); seq <= 9; seq++ {
 		submit("ed", ed, edKey, seq)
 	}
-	for seq := uint64(1); seq <= 8; seq++ {
+	for seq := uint64(2); seq <= 9; seq++ {
 		if r := next("a batch of 8"); r.Err != nil || r.Seq != seq {
 			t.Fatalf("batch of 8: got seq %d, err %v; want seq %d stored", r.Seq, r.Err, seq)
 		}
@@ -600,24 +605,26 @@ func TestSubmit_VerifyLinger(t *testing.T) {
 		t.Fatalf("P-256 message: %v", r.Err)
 	}
 
-	submit("ed", ed, edKey, 9)
-	quiet("a lone Ed25519 message")
+	submit("ed", ed, edKey, 10)
+	quiet("a lone Ed25519 message after others")
 	in.Close()
 	if r := next("a waiting message at Close"); r.Err != nil && !r.Retry {
 		t.Fatalf("waiting message at Close: refused with %v, want stored or retry", r.Err)
 	}
 }
 
-// TestSubmit_VerifyLingerEnds checks that a lone Ed25519 message, with no
-// Close to end the wait, is answered once VerifyLinger has passed since
-// its submission, and not before; three in a row, as the verifier reuses
-// its timer.
-func TestSubmit_VerifyLingerEnds(t *testing.T) {
-	const linger = 50 * time.Millisecond
+// TestSubmit_VerifyLingerSparse checks that a message that comes longer
+// after the one before than VerifyLinger does not wait for a batch: the
+// next is unlikely to come in time.
+func TestSubmit_VerifyLingerSparse(t *testing.T) {
+	const linger = time.Second
 	in := startIngesterWith(t, ingest.Options{Telemetry: newMemStore(), VerifyLinger: linger})
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	key := ingest.NewKey(edKey.Public())
-	for seq := uint64(1); seq <= 3; seq++ {
+	for seq := uint64(1); seq <= 2; seq++ {
+		if seq > 1 {
+			time.Sleep(linger + linger/10)
+		}
 		done := make(chan ingest.Result, 1)
 		start := time.Now()
 		in.Submit(context.Background(), "ed", key, sealed(t, edKey, seq, temp(1)), func(r ingest.Result) { done <- r })
@@ -626,11 +633,45 @@ func TestSubmit_VerifyLingerEnds(t *testing.T) {
 			if r.Err != nil || r.Seq != seq {
 				t.Fatalf("seq %d: got seq %d, err %v; want it stored", seq, r.Seq, r.Err)
 			}
-			if d := time.Since(start); d < linger {
-				t.Fatalf("seq %d: answered after %v, before VerifyLinger (%v) had passed", seq, d, linger)
+			if d := time.Since(start); d >= linger {
+				t.Fatalf("seq %d: answered after %v, want no wait for a batch (VerifyLinger %v)", seq, d, linger)
 			}
 		case <-time.After(5 * time.Second):
+			t.Fatalf("seq %d: no result 5 s after submission", seq)
+		}
+	}
+}
+
+// TestSubmit_VerifyLingerEnds checks that an Ed25519 message that follows
+// another closely, with no Close to end the wait, is answered once
+// VerifyLinger has passed since its submission, and not before; three
+// times, as the verifier reuses its timer. Each is preceded by a message
+// that, coming a whole linger after the one before, does not wait.
+func TestSubmit_VerifyLingerEnds(t *testing.T) {
+	const linger = 300 * time.Millisecond
+	in := startIngesterWith(t, ingest.Options{Telemetry: newMemStore(), VerifyLinger: linger})
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	key := ingest.NewKey(edKey.Public())
+	submit := func(seq uint64) (ingest.Result, time.Duration) {
+		t.Helper()
+		done := make(chan ingest.Result, 1)
+		start := time.Now()
+		in.Submit(context.Background(), "ed", key, sealed(t, edKey, seq, temp(1)), func(r ingest.Result) { done <- r })
+		select {
+		case r := <-done:
+			if r.Err != nil || r.Seq != seq {
+				t.Fatalf("seq %d: got seq %d, err %v; want it stored", seq, r.Seq, r.Err)
+			}
+			return r, time.Since(start)
+		case <-time.After(5 * time.Second):
 			t.Fatalf("seq %d: no result 5 s after submission, with VerifyLinger %v", seq, linger)
+		}
+		return ingest.Result{}, 0
+	}
+	for seq := uint64(1); seq <= 6; seq += 2 {
+		submit(seq)
+		if _, d := submit(seq + 1); d < linger {
+			t.Fatalf("seq %d: answered after %v, before VerifyLinger (%v) had passed", seq+1, d, linger)
 		}
 	}
 }
