@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/pylonhq/pylon"
+	"github.com/pylonhq/pylon/internal/heapfloor"
 )
 
 const usage = `Pylon: a secure IoT device platform.
@@ -128,6 +129,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	m.Config = cfg
 	m.Stdout = stdout
 	m.Logger = newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	// A heap goal of at least heapfloor.DefaultFloor, unless the operator
+	// tunes the collector (docs/operations.md).
+	if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
+		defer heapfloor.Start(heapfloor.DefaultFloor)()
+		m.Logger.Debug("garbage collector heap floor", "bytes", heapfloor.DefaultFloor)
+	}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
