@@ -138,9 +138,10 @@ type Options struct {
 	// about two thirds a signature of checks one by one (ed25519voi's
 	// BenchmarkVerify); under moderate load a verifier would otherwise
 	// check one or two at a time. A verifier with a backlog does not wait,
-	// nor does one whose last two messages came further apart than the
-	// wait it has left: sparse traffic (a lone device, a quiet fleet)
-	// would wait for nothing.
+	// nor does one whose next Ed25519 message, expected as far after the
+	// last as the last came after the one before, would come after the
+	// wait, nor one that has had a single Ed25519 message so far: sparse
+	// traffic (a lone device, a quiet fleet) would wait for nothing.
 	VerifyLinger time.Duration
 
 	// MaxHeld bounds the memory of the messages between Submit and their
@@ -467,7 +468,7 @@ func (in *Ingester) verifyLoop(v chan *item) {
 		timer   = time.NewTimer(time.Hour)
 	)
 	timer.Stop()
-	var gaps arrivals
+	gaps := arrivals{gap: math.MaxInt64}
 	for it := range v {
 		gaps.note(it)
 		items = append(items[:0], it)
@@ -514,19 +515,36 @@ func (in *Ingester) verifyLoop(v chan *item) {
 }
 
 // arrivals follows the gap between the submissions of the last two
-// messages a verifier took from its queue.
+// Ed25519 messages (those a batch checks) a verifier took from its queue.
 type arrivals struct {
 	last time.Time
 	gap  time.Duration // math.MaxInt64 until two messages came
 }
 
 func (a *arrivals) note(it *item) {
-	if a.last.IsZero() {
+	switch {
+	case it.signed == nil || !ed25519voi.Batchable(it.signed.Verifier):
+		// Only these end a wait.
+	case a.last.IsZero():
 		a.gap = math.MaxInt64
-	} else {
-		a.gap = max(it.queued.Sub(a.last), 0) // concurrent Submits may swap
+		a.last = it.queued
+	case it.queued.After(a.last):
+		a.gap = it.queued.Sub(a.last)
+		a.last = it.queued
+	default:
+		// Submitted before the last, by a concurrent Submit, but queued
+		// after it: they came together.
+		a.gap = 0
 	}
-	a.last = it.queued
+}
+
+// nextIn is how long from now the next Ed25519 message is expected, if
+// it comes as far after the last as the last after the one before.
+func (a *arrivals) nextIn() time.Duration {
+	if a.gap == math.MaxInt64 {
+		return a.gap
+	}
+	return a.gap - time.Since(a.last)
 }
 
 // lingerVerify waits for more messages on v, adding them to items, while
@@ -534,8 +552,8 @@ func (a *arrivals) note(it *item) {
 // until Options.VerifyLinger after the first of items was submitted. It
 // does not wait if none has (other algorithms, refusals), nor if the first
 // waited in the queue for that long already: a verifier with a backlog
-// has its batches; nor if the last gap between messages is longer than
-// the wait left: the next message is unlikely to come in time.
+// has its batches; nor if the next message, expected one last gap after
+// the last, would come after the wait: it is unlikely to come in time.
 func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer, gaps *arrivals) []*item {
 	batchable := 0
 	for _, it := range items {
@@ -547,7 +565,7 @@ func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer,
 		return items
 	}
 	wait := in.opts.VerifyLinger - time.Since(items[0].queued)
-	if wait <= 0 || gaps.gap >= wait {
+	if wait <= 0 || gaps.nextIn() >= wait {
 		return items
 	}
 	timer.Reset(wait)
