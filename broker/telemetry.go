@@ -82,7 +82,7 @@ type deviceConn struct {
 }
 
 // answer is a telemetry message and its ingest result. They are reused
-// (answerPool): a message's answer is an allocation of 850 bytes.
+// (answerPool): a message's answer is an allocation of about 860 bytes.
 type answer struct {
 	pk  packets.Packet
 	res ingest.Result
@@ -220,6 +220,9 @@ func (b *Broker) answerLoop(cl *mqtt.Client, dc *deviceConn) {
 		case a := <-dc.answers:
 			cc.cork()
 			for more := true; more; {
+				// An answer taken from answers is this loop's to put
+				// back, zeroed so that the pool keeps no payload; those
+				// left when the connection has ended are dropped.
 				b.answer(cl, a.pk, a.res)
 				*a = answer{}
 				answerPool.Put(a)
