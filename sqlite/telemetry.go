@@ -105,11 +105,14 @@ type TelemetryService struct {
 	insertBlocks [7]*sql.Stmt // [k] inserts 1<<k blocks
 	lookupTops   [7]*sql.Stmt // [k] reads 1<<k devices and their top runs
 
-	// reused buffers
+	// reused buffers; for the message at hand, its series in the order of
+	// their first reading (ordered), and the readings of ordered[i] in
+	// groups[i], found by series in byName
 	args    []any
 	blocks  []block
-	byName  map[int64][]*pylon.Reading
+	byName  map[int64]int
 	ordered []int64
+	groups  [][]*pylon.Reading
 
 	readMu    sync.Mutex
 	readStmts map[string]*sql.Stmt // prepared on the reader pool, by query
@@ -127,7 +130,7 @@ func NewTelemetryService(db *DB) *TelemetryService {
 		sem:    make(chan struct{}, 1),
 		series: make(map[seriesKey]int64),
 		spans:  make(map[int64]int64),
-		byName: make(map[int64][]*pylon.Reading),
+		byName: make(map[int64]int),
 
 		readStmts: make(map[string]*sql.Stmt),
 	}
@@ -646,6 +649,7 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 	// its readings spread over more than maxBlockSpan).
 	ins = newInserter(ctx, b.tx, &s.insertBlocks, blockCols, ins.args[:0])
 	defer func() { s.args = ins.args[:0] }()
+	defer s.forgetReadings()
 	for _, m := range msgs {
 		clear(s.byName)
 		s.ordered = s.ordered[:0]
@@ -655,14 +659,21 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 			if err != nil {
 				return err
 			}
-			if _, ok := s.byName[id]; !ok {
+			g, ok := s.byName[id]
+			if !ok {
+				g = len(s.ordered)
+				s.byName[id] = g
 				s.ordered = append(s.ordered, id)
+				if g == len(s.groups) {
+					s.groups = append(s.groups, nil)
+				}
+				s.groups[g] = s.groups[g][:0]
 			}
-			s.byName[id] = append(s.byName[id], r)
+			s.groups[g] = append(s.groups[g], r)
 		}
 		s.blocks = s.blocks[:0]
-		for _, id := range s.ordered {
-			s.blocks = appendBlocks(s.blocks, id, s.byName[id])
+		for g, id := range s.ordered {
+			s.blocks = appendBlocks(s.blocks, id, s.groups[g])
 		}
 		for i := range s.blocks {
 			bl := &s.blocks[i]
@@ -674,12 +685,21 @@ func (s *TelemetryService) insert(ctx context.Context, b *batch, msgs []*pylon.T
 			}
 		}
 	}
-	clear(s.byName)
-	clear(s.blocks)
 	if err := ins.flush(); err != nil {
 		return staleOr(err, "insert readings")
 	}
 	return nil
+}
+
+// forgetReadings empties the buffers insert groups a message's readings
+// in, so that they keep no reading alive until the next commit.
+func (s *TelemetryService) forgetReadings() {
+	clear(s.byName)
+	clear(s.blocks)
+	for g, rs := range s.groups {
+		clear(rs[:cap(rs)])
+		s.groups[g] = rs[:0]
+	}
 }
 
 // widen records that series has a block spanning span nanoseconds, if
