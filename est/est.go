@@ -118,6 +118,11 @@ func parsePKCS7(der []byte) (p7 *pkcs7.PKCS7, err error) {
 // decodeBody returns the DER inside body: the contents of a PEM block of one
 // of pemTypes, the body itself if it is binary DER, or its base64 decoding.
 func decodeBody(body []byte, pemTypes ...string) ([]byte, error) {
+	// Binary DER first, as sent: its last bytes (a signature's) may look
+	// like white space, which trimming would cut off.
+	if isBinaryDER(body) {
+		return body, nil
+	}
 	trimmed := bytes.TrimSpace(body)
 	if bytes.HasPrefix(trimmed, []byte("-----BEGIN ")) {
 		block, rest := pem.Decode(trimmed)
@@ -130,9 +135,6 @@ func decodeBody(body []byte, pemTypes ...string) ([]byte, error) {
 			}
 		}
 		return nil, fmt.Errorf("unexpected pem type %q", block.Type)
-	}
-	if isBinaryDER(trimmed) {
-		return trimmed, nil
 	}
 	return decodeBase64(trimmed)
 }
