@@ -695,3 +695,44 @@ func TestSubmit_VerifyLingerEnds(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmit_VerifyLingerCountsWaitedFor checks that a message that came
+// during a wait counts as an arrival: one submitted halfway through a
+// wait makes the next, submitted as the wait ends, expected soon, so that
+// it waits in turn. Were it not counted, the last arrival would be the
+// one that started the wait, a whole linger before, and it would not.
+func TestSubmit_VerifyLingerCountsWaitedFor(t *testing.T) {
+	const linger = 2 * time.Second
+	in := startIngesterWith(t, ingest.Options{Telemetry: newMemStore(), VerifyLinger: linger})
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	key := ingest.NewKey(edKey.Public())
+	results := make(chan ingest.Result, 4)
+	submit := func(seq uint64) time.Time {
+		start := time.Now()
+		in.Submit(context.Background(), "ed", key, sealed(t, edKey, seq, temp(1)), func(r ingest.Result) { results <- r })
+		return start
+	}
+	next := func(seq uint64) {
+		t.Helper()
+		select {
+		case r := <-results:
+			if r.Err != nil || r.Seq != seq {
+				t.Fatalf("got seq %d, err %v; want seq %d stored", r.Seq, r.Err, seq)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("seq %d: no result", seq)
+		}
+	}
+	submit(1) // the first: no wait
+	next(1)
+	submit(2) // waits: it follows the first by a round trip
+	time.Sleep(linger / 2)
+	submit(3) // taken during that wait
+	next(2)
+	next(3)
+	start := submit(4)
+	next(4)
+	if d := time.Since(start); d < linger/4 {
+		t.Fatalf("seq 4: answered after %v, want it to wait for a batch: seq 3 came %v before it", d, linger/2)
+	}
+}
