@@ -203,6 +203,12 @@ type item struct {
 	size    int64 // counted in Ingester.held
 }
 
+// batchable reports whether the item has a signature that a batch checks
+// (Ed25519), still to be checked.
+func (it *item) batchable() bool {
+	return it.signed != nil && ed25519voi.Batchable(it.signed.Verifier)
+}
+
 // budget counts bytes up to a maximum; take waits for room.
 type budget struct {
 	mu         sync.Mutex
@@ -470,7 +476,6 @@ func (in *Ingester) verifyLoop(v chan *item) {
 	timer.Stop()
 	gaps := arrivals{gap: math.MaxInt64}
 	for it := range v {
-		gaps.note(it)
 		items = append(items[:0], it)
 	gather:
 		for len(items) < maxVerifyBatch {
@@ -479,7 +484,6 @@ func (in *Ingester) verifyLoop(v chan *item) {
 				if !ok {
 					break gather
 				}
-				gaps.note(it)
 				items = append(items, it)
 			default:
 				break gather
@@ -523,7 +527,7 @@ type arrivals struct {
 
 func (a *arrivals) note(it *item) {
 	switch {
-	case it.signed == nil || !ed25519voi.Batchable(it.signed.Verifier):
+	case !it.batchable():
 		// Only these end a wait.
 	case a.last.IsZero():
 		a.gap = math.MaxInt64
@@ -547,7 +551,8 @@ func (a *arrivals) nextIn() time.Duration {
 	return a.gap - time.Since(a.last)
 }
 
-// lingerVerify waits for more messages on v, adding them to items, while
+// lingerVerify notes the arrival of items and of every message it takes
+// in gaps, and waits for more messages on v, adding them to items, while
 // fewer than minVerifyBatch of them have signatures to check in a batch,
 // until Options.VerifyLinger after the first of items was submitted. It
 // does not wait if none has (other algorithms, refusals), nor if the first
@@ -557,7 +562,8 @@ func (a *arrivals) nextIn() time.Duration {
 func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer, gaps *arrivals) []*item {
 	batchable := 0
 	for _, it := range items {
-		if it.signed != nil && ed25519voi.Batchable(it.signed.Verifier) {
+		gaps.note(it)
+		if it.batchable() {
 			batchable++
 		}
 	}
@@ -578,7 +584,7 @@ func (in *Ingester) lingerVerify(v chan *item, items []*item, timer *time.Timer,
 			}
 			gaps.note(it)
 			items = append(items, it)
-			if it.signed != nil && ed25519voi.Batchable(it.signed.Verifier) {
+			if it.batchable() {
 				batchable++
 			}
 		case <-timer.C:
