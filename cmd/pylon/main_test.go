@@ -239,7 +239,11 @@ func TestServe_HealthAndAuth(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"go_goroutines", "pylon_mqtt_connected_clients"} {
+	for _, want := range []string{
+		"go_goroutines", "pylon_mqtt_connected_clients",
+		// the runtime's metrics that tell a server short of CPU
+		"go_sched_latencies_seconds_bucket", "go_cpu_classes_gc_total_cpu_seconds_total",
+	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics: %s missing", want)
 		}

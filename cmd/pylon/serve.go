@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -117,7 +118,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(newGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	// Telemetry: the ingester stores what the broker's telemetry hook hands
 	// it, and feeds the live events of the API and dashboard.
@@ -198,6 +199,18 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		"api", "https://"+m.HTTP.ListenAddr().String(), "mqtt", "mqtts://"+m.Broker.Addr().String(),
 		"data", cfg.Data)
 	return nil
+}
+
+// newGoCollector collects the Go runtime's metrics: client_golang's
+// defaults, the scheduler's (go_sched_latencies_seconds: how long
+// goroutines waited to run, which rises with the ingest latency when the
+// server is short of CPU; go_sched_pauses_*: stop-the-world pauses) and
+// the CPU time the garbage collector took (go_cpu_classes_gc_*).
+func newGoCollector() prometheus.Collector {
+	return collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+		collectors.MetricsScheduler,
+		collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/cpu/classes/(gc/total|total|idle):cpu-seconds$`)},
+	))
 }
 
 // startDebug serves net/http/pprof on a loopback address, for profiling a
