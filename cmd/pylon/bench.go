@@ -105,17 +105,11 @@ func (e *cliEnv) benchEnroll(ctx context.Context, args []string) error {
 	}
 	wg.Wait()
 
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	// The load generator's own garbage collection is CPU the server does
 	// not get: with a small heap, collect less often while measuring.
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
@@ -370,4 +364,24 @@ func serverCPU(ctx context.Context, c *httpapi.Client) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// startCPUProfile writes a CPU profile of this process to the file name
+// until stop is called; with no name, it does nothing.
+func startCPUProfile(name string) (stop func(), err error) {
+	if name == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

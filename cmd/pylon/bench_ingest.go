@@ -246,6 +246,7 @@ func (e *cliEnv) benchIngest(ctx context.Context, args []string) error {
 	fs.StringVar(&o.mosqCA, "mosquitto-ca", "", "connect to --mosquitto over TLS, trusting this CA certificate `file`")
 	fs.StringVar(&o.mosqCert, "mosquitto-cert", "", "client certificate `file` for --mosquitto over TLS")
 	fs.StringVar(&o.mosqKey, "mosquitto-key", "", "client key `file` for --mosquitto-cert")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the load generator's publishing phase to `file`")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -326,8 +327,13 @@ func (e *cliEnv) benchIngest(ctx context.Context, args []string) error {
 		defer sub.close()
 	}
 
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(e.stderr, "publishing from %d devices, %d in flight each...\n", len(r.devs), r.devs[0].window)
 	elapsed := r.publish(ctx, sub)
+	stopProfile()
 	r.close()
 	s := r.summarize(elapsed)
 	if sub != nil {

@@ -5,9 +5,11 @@ package main_test
 // up and matches what the server stored. They measure nothing.
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -114,12 +116,27 @@ func storedReadings(t *testing.T, p *Platform) int64 {
 func TestBenchIngest_Mosquitto(t *testing.T) {
 	requireTools(t, "mosquitto")
 	addr := startMosquitto(t)
-	s := runBenchIngest(t, nil, "--mosquitto", addr, "--devices", "3", "-n", "300", "--records", "50", "--compress", "zstd")
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	s := runBenchIngest(t, nil, "--mosquitto", addr, "--devices", "3", "-n", "300", "--records", "50", "--compress", "zstd", "--cpuprofile", prof)
 	if s.Broker != "mosquitto" || s.Sent != 300 || s.Acknowledged != 300 || s.Unanswered != 0 || s.Errors != 0 {
 		t.Fatalf("messages: got %+v, want 300 sent and acknowledged", s)
 	}
 	if s.Delivered == nil || *s.Delivered != s.Acknowledged || s.Lost != 0 {
 		t.Fatalf("delivered: got %v of %d acknowledged (%d lost), want all", s.Delivered, s.Acknowledged, s.Lost)
+	}
+	// A profile is a gzipped protocol buffer, not empty even when the run
+	// was too short for a sample: it names the binary's mappings.
+	f, err := os.Open(prof)
+	if err != nil {
+		t.Fatalf("--cpuprofile: %v", err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("--cpuprofile: %v", err)
+	}
+	if body, err := io.ReadAll(zr); err != nil || len(body) == 0 {
+		t.Fatalf("--cpuprofile: %d bytes after gunzip, %v; want a profile", len(body), err)
 	}
 }
 
