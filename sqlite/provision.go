@@ -194,37 +194,37 @@ func (s *CertificateService) DeleteExpiredCertificates(ctx context.Context, befo
 	return n, nil
 }
 
-// checkConnection returns the device and certificate if the certificate
+// checkConnection returns the device if the certificate with serial
 // belongs to deviceID, is usable at now and the device is active.
-func checkConnection(ctx context.Context, q queryer, deviceID, serial string, now time.Time) (*pylon.Device, *pylon.Certificate, error) {
+func checkConnection(ctx context.Context, q queryer, deviceID, serial string, now time.Time) (*pylon.Device, error) {
 	c, err := findCertificate(ctx, q, serial)
 	if pylon.ErrorCode(err) == pylon.ENOTFOUND {
-		return nil, nil, pylon.Errorf(pylon.EUNAUTHORIZED, "unknown certificate")
+		return nil, pylon.Errorf(pylon.EUNAUTHORIZED, "unknown certificate")
 	} else if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	switch {
 	case c.DeviceID != deviceID:
-		return nil, nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate does not belong to the device")
+		return nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate does not belong to the device")
 	case c.Status == pylon.CertRevoked:
-		return nil, nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate revoked")
+		return nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate revoked")
 	case c.Status == pylon.CertSuperseded:
-		return nil, nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate superseded")
+		return nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate superseded")
 	case now.Before(c.NotBefore):
-		return nil, nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate not yet valid")
+		return nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate not yet valid")
 	case !c.Usable(now):
-		return nil, nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate expired")
+		return nil, pylon.Errorf(pylon.EUNAUTHORIZED, "certificate expired")
 	}
 	d, _, err := findDevice(ctx, q, deviceID)
 	if pylon.ErrorCode(err) == pylon.ENOTFOUND {
-		return nil, nil, pylon.Errorf(pylon.EUNAUTHORIZED, "unknown certificate")
+		return nil, pylon.Errorf(pylon.EUNAUTHORIZED, "unknown certificate")
 	} else if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := deviceUsable(d); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return d, c, nil
+	return d, nil
 }
 
 // deviceUsable returns EFORBIDDEN unless d is active.
@@ -240,10 +240,13 @@ func deviceUsable(d *pylon.Device) error {
 	return pylon.Errorf(pylon.EFORBIDDEN, "device not active")
 }
 
-// olderValid is the query of the device's valid certificates older than
-// the one given.
+// olderValid is the query of the device's valid certificates issued
+// before the one given (?1: device ID, ?2: its serial). Issue order is
+// the table's seq: not_before has a resolution of one second, and a
+// device may renew twice in one.
 const olderValid = `SELECT ` + certColumns + ` FROM certificates
-	WHERE device_id = ? AND status = 'valid' AND serial != ? AND not_before < ? ORDER BY seq`
+	WHERE device_id = ?1 AND status = 'valid'
+		AND seq < (SELECT c.seq FROM certificates c WHERE c.serial = ?2) ORDER BY seq`
 
 // AuthorizeConnection checks that the certificate with serial belongs to
 // deviceID, is usable at now, and that the device is active. On success it
@@ -252,12 +255,12 @@ const olderValid = `SELECT ` + certColumns + ` FROM certificates
 // EFORBIDDEN (device not active).
 func (s *CertificateService) AuthorizeConnection(ctx context.Context, deviceID, serial string, now time.Time) (*pylon.Device, error) {
 	// The common case (nothing to supersede) needs no write transaction.
-	d, c, err := checkConnection(ctx, s.db.reader, deviceID, serial, now)
+	d, err := checkConnection(ctx, s.db.reader, deviceID, serial, now)
 	if err != nil {
 		return nil, err
 	}
 	var n int
-	if err := s.db.reader.QueryRowContext(ctx, `SELECT COUNT(*) FROM (`+olderValid+`)`, deviceID, serial, timeArg(c.NotBefore)).Scan(&n); err != nil {
+	if err := s.db.reader.QueryRowContext(ctx, `SELECT COUNT(*) FROM (`+olderValid+`)`, deviceID, serial).Scan(&n); err != nil {
 		return nil, fmt.Errorf("count older certificates: %w", err)
 	} else if n == 0 {
 		return d, nil
@@ -268,10 +271,10 @@ func (s *CertificateService) AuthorizeConnection(ctx context.Context, deviceID, 
 		return nil, err
 	}
 	defer tx.Rollback()
-	if d, c, err = checkConnection(ctx, tx, deviceID, serial, now); err != nil {
+	if d, err = checkConnection(ctx, tx, deviceID, serial, now); err != nil {
 		return nil, err
 	}
-	older, err := queryCertificates(ctx, tx, olderValid, deviceID, serial, timeArg(c.NotBefore))
+	older, err := queryCertificates(ctx, tx, olderValid, deviceID, serial)
 	if err != nil {
 		return nil, err
 	}

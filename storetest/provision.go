@@ -733,6 +733,50 @@ func testAuthorizeConnection(t *testing.T, s Stores) {
 	}
 }
 
+// testAuthorizeSupersedesSameSecond renews twice within one second, so
+// that the three certificates have the same not-before: issue order, not
+// that time, decides which are older.
+func testAuthorizeSupersedesSameSecond(t *testing.T, s Stores) {
+	ctx := pylon.NewContextWithPrincipal(context.Background(), devicePrincipal)
+	is := newIssuer(T0)
+	d, first := enrolledDevice(t, s, "twice-in-a-second", is)
+	_, second, err := s.Enroll.Reenroll(ctx, first.Serial, is.Issue)
+	if err != nil {
+		t.Fatalf("reenroll: %v", err)
+	}
+	_, third, err := s.Enroll.Reenroll(ctx, first.Serial, is.Issue) // a retry of a lost answer
+	if err != nil {
+		t.Fatalf("reenroll again: %v", err)
+	}
+	now := T0.Add(time.Minute)
+	s.SetNow(now)
+	status := func(serial string) pylon.CertStatus {
+		t.Helper()
+		c, err := s.Certs.FindCertificateBySerial(ctx, serial)
+		if err != nil {
+			t.Fatalf("find: %v", err)
+		}
+		return c.Status
+	}
+
+	// The middle one supersedes the first only.
+	if _, err := s.Certs.AuthorizeConnection(ctx, d.ID, second.Serial, now); err != nil {
+		t.Fatalf("authorize second: %v", err)
+	}
+	if got := []pylon.CertStatus{status(first.Serial), status(second.Serial), status(third.Serial)}; got[0] != pylon.CertSuperseded || got[1] != pylon.CertValid || got[2] != pylon.CertValid {
+		t.Fatalf("after the second connected: got %v, want superseded, valid, valid", got)
+	}
+	// The last one supersedes the middle one, which can connect no more.
+	if _, err := s.Certs.AuthorizeConnection(ctx, d.ID, third.Serial, now); err != nil {
+		t.Fatalf("authorize third: %v", err)
+	}
+	if got := status(second.Serial); got != pylon.CertSuperseded {
+		t.Fatalf("second after the third connected: got %s, want superseded", got)
+	}
+	_, err = s.Certs.AuthorizeConnection(ctx, d.ID, second.Serial, now)
+	wantError(t, err, pylon.EUNAUTHORIZED, "certificate superseded")
+}
+
 func testAuthorizeSupersedes(t *testing.T, s Stores) {
 	ctx := pylon.NewContextWithPrincipal(context.Background(), devicePrincipal)
 	is := newIssuer(T0)

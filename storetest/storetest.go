@@ -84,6 +84,7 @@ func Run(t *testing.T, open func(t *testing.T) Stores) {
 		{"FindCertificates", testFindCertificates},
 		{"AuthorizeConnection", testAuthorizeConnection},
 		{"AuthorizeConnectionSupersedes", testAuthorizeSupersedes},
+		{"AuthorizeConnectionSupersedesSameSecond", testAuthorizeSupersedesSameSecond},
 		{"AuditEmpty", testAuditEmpty},
 		{"AuditActors", testAuditActors},
 		{"AuditChain", testAuditChain},
