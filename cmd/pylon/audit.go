@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -82,13 +83,15 @@ func (e *cliEnv) runAudit(ctx context.Context, args []string) error {
 	return usageErrorf("audit: unknown verb %q; want one of: %s", v, auditVerbs)
 }
 
+// parseSince reads a time: RFC 3339, or how long before now ("2h", or
+// "2h ago" as the help puts it).
 func parseSince(s string, now time.Time) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t, nil
 	}
-	d, err := ParseDuration(s)
+	d, err := ParseDuration(strings.TrimSuffix(strings.TrimSpace(s), " ago"))
 	if err != nil {
-		return time.Time{}, fmt.Errorf("want an RFC 3339 time or a duration like 2h")
+		return time.Time{}, fmt.Errorf("want an RFC 3339 time or a duration like 2h or \"2h ago\"")
 	}
 	return now.Add(-d), nil
 }

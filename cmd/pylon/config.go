@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -35,14 +37,22 @@ type Config struct {
 // and flags.
 type Duration time.Duration
 
-// ParseDuration is time.ParseDuration plus a "d" (24h) suffix.
+// ParseDuration is time.ParseDuration plus whole days ("30d", 24h each)
+// and years ("5y", 365 days each).
 func ParseDuration(s string) (time.Duration, error) {
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		var days int
-		if _, err := fmt.Sscanf(n, "%d", &days); err != nil || days < 0 || fmt.Sprint(days) != n {
-			return 0, fmt.Errorf("invalid duration %q", s)
+	for _, u := range []struct {
+		suffix string
+		unit   time.Duration
+	}{{"d", 24 * time.Hour}, {"y", 365 * 24 * time.Hour}} {
+		n, ok := strings.CutSuffix(s, u.suffix)
+		if !ok {
+			continue
 		}
-		return time.Duration(days) * 24 * time.Hour, nil
+		v, err := strconv.Atoi(n)
+		if err != nil || v < 0 || strconv.Itoa(v) != n || v > int(math.MaxInt64/u.unit) {
+			return 0, fmt.Errorf("invalid duration %q: want a whole number of days or years (30d, 5y), or a Go duration (720h)", s)
+		}
+		return time.Duration(v) * u.unit, nil
 	}
 	return time.ParseDuration(s)
 }
