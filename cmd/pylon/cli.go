@@ -25,6 +25,9 @@ type cliEnv struct {
 
 	// set by flags
 	server, token, tokenFile, ca, output string
+
+	// caRead is the CA certificate file client read, if it read one.
+	caRead string
 }
 
 // flags returns a flag set with the connection and output flags.
@@ -95,7 +98,7 @@ func (e *cliEnv) client() (*httpapi.Client, error) {
 	var caPEM []byte
 	caFile := pick(e.ca, "PYLON_CA", filepath.Join(e.dataDir(), "ca.crt"))
 	if b, err := os.ReadFile(caFile); err == nil {
-		caPEM = b
+		caPEM, e.caRead = b, caFile
 	} else if e.ca != "" || e.getenv("PYLON_CA") != "" {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
 	}

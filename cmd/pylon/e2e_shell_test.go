@@ -246,8 +246,17 @@ func TestBinary_ShellDeviceEnrollRenewPublish(t *testing.T) {
 	// the CRL, for external brokers.
 	var dev2 struct{ ID string }
 	mustJSON(t, s.sh(t, `$PYLON devices create shell-2 -o json`), &dev2)
-	mustJSON(t, s.sh(t, `$PYLON tokens create --device `+dev2.ID+` -o json`), &tok)
-	s.sh(t, `"$EXAMPLES/shell/enroll.sh" "$API" "$PYLON_CA" '`+tok.Token+`' dev3`)
+	// This time with the command that `tokens create` prints, as printed.
+	var hint string
+	for _, line := range strings.Split(s.sh(t, `$PYLON tokens create --device `+dev2.ID), "\n") {
+		if cmd, ok := strings.CutPrefix(line, "  examples/shell/enroll.sh "); ok {
+			hint = cmd
+		}
+	}
+	if !strings.HasSuffix(hint, " DIR") {
+		t.Fatalf("tokens create: no enroll.sh line ending in DIR, got %q", hint)
+	}
+	s.sh(t, `"$EXAMPLES/shell/enroll.sh" `+strings.TrimSuffix(hint, "DIR")+`dev3`)
 	serial2 := strings.TrimPrefix(strings.TrimSpace(s.sh(t, `openssl x509 -in dev3/device.crt -noout -serial`)), "serial=")
 	if out := s.sh(t, `$PYLON devices delete `+dev2.ID+` 2>&1`); !strings.Contains(out, "certificates are revoked") {
 		t.Errorf("devices delete: got %q, want it to say the certificates are revoked", out)
@@ -313,6 +322,10 @@ func TestBinary_FleetTokenAndRoles(t *testing.T) {
 		t.Fatalf("get by name: %s", out)
 	}
 	s.sh(t, `$PYLON tokens revoke `+tok.ID)
+	// --uses 0 is refused rather than read as the default of 1.
+	if out, err := s.shErr(`$PYLON tokens create --label site=plant-7 --uses 0`); err == nil || !strings.Contains(out, "--uses must be at least 1") {
+		t.Fatalf("tokens create --uses 0: got %v, %q; want a usage error", err, out)
+	}
 
 	// A viewer token reads but cannot change anything.
 	var viewer struct{ Token string }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -29,6 +30,11 @@ func (e *cliEnv) runTokens(ctx context.Context, args []string) error {
 		fs.Var(labels, "label", "fleet token: `key=value` label for the devices it creates (repeatable)")
 		if _, err := parse(fs, args); err != nil {
 			return err
+		}
+		usesSet := false
+		fs.Visit(func(f *flag.Flag) { usesSet = usesSet || f.Name == "uses" })
+		if usesSet && *uses < 1 {
+			return usageErrorf("--uses must be at least 1")
 		}
 		req := httpapi.EnrollmentTokenRequest{Labels: labels, Uses: *uses}
 		if *ttl != "" {
@@ -61,7 +67,12 @@ func (e *cliEnv) runTokens(ctx context.Context, args []string) error {
 			fmt.Fprintf(w, "ID\t%s\n", t.ID)
 			fmt.Fprintf(w, "Expires\t%s\n", fmtTime(&t.ExpiresAt))
 			fmt.Fprintf(w, "\nThe token is shown only now. A device enrolls with it over EST, e.g.\n")
-			fmt.Fprintf(w, "  examples/shell/enroll.sh %s ca.crt %s DIR\n", c.BaseURL, t.Token)
+			if e.caRead != "" { // the CA file this command trusted
+				fmt.Fprintf(w, "  examples/shell/enroll.sh %s %s %s DIR\n", c.BaseURL, e.caRead, t.Token)
+			} else {
+				fmt.Fprintf(w, "  examples/shell/enroll.sh %s ca.crt %s DIR\n", c.BaseURL, t.Token)
+				fmt.Fprintf(w, "with the platform's CA certificate in ca.crt (docs/protocol.md, section 1).\n")
+			}
 		})
 
 	case "list", "ls":
