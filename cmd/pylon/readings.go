@@ -109,9 +109,9 @@ func (e *cliEnv) runReadings(ctx context.Context, args []string) error {
 			return err
 		}
 		return e.print(httpapi.LatestReadingList{Readings: readings}, func(w *tabwriter.Writer) {
-			fmt.Fprintln(w, "NAME\tVALUE\tUNIT\tTIME")
+			fmt.Fprintln(w, "NAME\tVALUE\tUNIT\tSUM\tTIME")
 			for _, r := range readings {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", cell(r.Name), readingValue(r), orDash(cell(r.Unit)), fmtReadingTime(r.Time))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", cell(r.Name), readingValue(r), orDash(cell(r.Unit)), fmtSum(r.Sum), fmtReadingTime(r.Time))
 			}
 		})
 
@@ -154,9 +154,18 @@ func (e *cliEnv) runReadings(ctx context.Context, args []string) error {
 			return err
 		}
 		return e.print(httpapi.BucketList{Buckets: buckets}, func(w *tabwriter.Writer) {
-			fmt.Fprintf(w, "START\t%s\tCOUNT\n", strings.ToUpper(f.Agg))
+			// A count is its own value: one COUNT column.
+			if f.Agg == pylon.AggCount {
+				fmt.Fprintln(w, "START\tCOUNT")
+			} else {
+				fmt.Fprintf(w, "START\t%s\tCOUNT\n", strings.ToUpper(f.Agg))
+			}
 			for _, b := range buckets {
-				fmt.Fprintf(w, "%s\t%s\t%d\n", fmtReadingTime(b.Start), strconv.FormatFloat(b.Value, 'g', -1, 64), b.Count)
+				if f.Agg == pylon.AggCount {
+					fmt.Fprintf(w, "%s\t%d\n", fmtReadingTime(b.Start), b.Count)
+				} else {
+					fmt.Fprintf(w, "%s\t%s\t%d\n", fmtReadingTime(b.Start), strconv.FormatFloat(b.Value, 'g', -1, 64), b.Count)
+				}
 			}
 		})
 

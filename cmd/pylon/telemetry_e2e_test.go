@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -546,6 +547,20 @@ echo '[{"n":"temp","u":"Cel","v":21.5},{"n":"humidity","u":"%RH","v":40}]' |
 			t.Errorf("reading: got %+v", r)
 		}
 	}
+	// The CLI's tables: a count has one COUNT column, and a reading with
+	// only a sum shows it.
+	agg := strings.Split(strings.TrimSpace(s.sh(t, `$PYLON readings agg `+dev.ID+` --name temp --agg count --bucket 1h`)), "\n")
+	if len(agg) != 2 || strings.Join(strings.Fields(agg[0]), " ") != "START COUNT" || !strings.HasSuffix(agg[1], " 4") {
+		t.Errorf("readings agg --agg count: got %q, want START COUNT, then one bucket of 4", agg)
+	}
+	// (seq 9000: the seq file's next number is kept for the replay below)
+	s.sh(t, `ID=$(cat dev/device.id)
+echo '[{"n":"energy","u":"J","s":1500}]' | $PYLON seal --key dev/device.key --seq 9000 |
+  mosquitto_pub --cafile dev/ca.crt --cert dev/device.crt --key dev/device.key -h localhost -p $MQTT_PORT -i "$ID" -q 1 -V mqttv5 -t "devices/$ID/telemetry" -s`)
+	latest := s.sh(t, `$PYLON readings latest `+dev.ID)
+	if !strings.Contains(latest, "SUM") || !regexp.MustCompile(`(?m)^energy\s+-\s+J\s+1500\s`).MatchString(latest) {
+		t.Errorf("readings latest: got\n%s\nwant a SUM column with energy's 1500", latest)
+	}
 
 	// A replayed sequence number, and the device reading the report with
 	// mosquitto_sub in a persistent session (docs/protocol.md §6.10).
@@ -575,8 +590,8 @@ else mosquitto_sub $MQTT -q 1 -t "devices/$ID/errors" -C 1 -W 5; fi`)
 		t.Errorf("mosquitto_pub: got %q, want the PUBACK 0x87 and its reason", out)
 	}
 	mustJSON(t, s.sh(t, `$PYLON readings list `+dev.ID+` --limit 100 -o json`), &list)
-	if len(list.Readings) != 9 {
-		t.Fatalf("stored readings after the refusals: got %d, want 9", len(list.Readings))
+	if len(list.Readings) != 10 {
+		t.Fatalf("stored readings after the refusals: got %d, want 10 (8, energy and seq 10000)", len(list.Readings))
 	}
 }
 
