@@ -66,31 +66,49 @@ type CA struct {
 // was created now.
 func LoadOrCreateCA(dir string, now time.Time) (*CA, bool, error) {
 	certPath, keyPath := filepath.Join(dir, caCertFile), filepath.Join(dir, caKeyFile)
-	certExists, err := fileExists(certPath)
-	if err != nil {
-		return nil, false, err
+	ca, err := loadExistingCA(certPath, keyPath, now)
+	if err != nil || ca != nil {
+		return ca, false, err
 	}
-	keyExists, err := fileExists(keyPath)
-	if err != nil {
-		return nil, false, err
-	}
-	switch {
-	case certExists && keyExists:
-		ca, err := loadCA(certPath, keyPath, now)
-		if err != nil {
-			return nil, false, err
-		}
-		return ca, false, nil
-	case certExists:
-		return nil, false, fmt.Errorf("%s exists but %s does not: restore the key or remove both to create a new CA", certPath, keyPath)
-	case keyExists:
-		return nil, false, fmt.Errorf("%s exists but %s does not: restore the certificate or remove both to create a new CA", keyPath, certPath)
-	}
-	ca, err := createCA(dir, certPath, keyPath, now)
+	ca, err = createCA(dir, certPath, keyPath, now)
 	if err != nil {
 		return nil, false, err
 	}
 	return ca, true, nil
+}
+
+// CheckFiles checks, creating and changing nothing, the files of dir that
+// LoadOrCreateCA and ServerCertificate read: the CA as LoadOrCreateCA
+// would load it, and the server key's permissions. Missing files are no
+// error: the server would create them.
+func CheckFiles(dir string, now time.Time) error {
+	if _, err := loadExistingCA(filepath.Join(dir, caCertFile), filepath.Join(dir, caKeyFile), now); err != nil {
+		return err
+	}
+	_, _, err := loadServerFiles(filepath.Join(dir, serverCertFile), filepath.Join(dir, serverKeyFile))
+	return err
+}
+
+// loadExistingCA loads the CA from its two files, or returns nil if
+// neither exists. Only one of them is an error.
+func loadExistingCA(certPath, keyPath string, now time.Time) (*CA, error) {
+	certExists, err := fileExists(certPath)
+	if err != nil {
+		return nil, err
+	}
+	keyExists, err := fileExists(keyPath)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case certExists && keyExists:
+		return loadCA(certPath, keyPath, now)
+	case certExists:
+		return nil, fmt.Errorf("%s exists but %s does not: restore the key or remove both to create a new CA", certPath, keyPath)
+	case keyExists:
+		return nil, fmt.Errorf("%s exists but %s does not: restore the certificate or remove both to create a new CA", keyPath, certPath)
+	}
+	return nil, nil
 }
 
 func loadCA(certPath, keyPath string, now time.Time) (*CA, error) {

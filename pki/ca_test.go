@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -413,4 +414,75 @@ func hasIP(ips []net.IP, ip net.IP) bool {
 		}
 	}
 	return false
+}
+
+// TestCheckFiles checks what pylon serve --check-config relies on: the
+// files LoadOrCreateCA and ServerCertificate would refuse are refused,
+// and nothing is created or changed.
+func TestCheckFiles(t *testing.T) {
+	empty := t.TempDir()
+	if err := pki.CheckFiles(empty, testNow); err != nil {
+		t.Fatalf("empty directory: %v, want nil (the files would be created)", err)
+	}
+	if entries, _ := os.ReadDir(empty); len(entries) != 0 {
+		t.Fatalf("empty directory: CheckFiles created %d files", len(entries))
+	}
+
+	ca, dir := MustCA(t)
+	if _, err := ca.ServerCertificate(dir, nil, testNow); err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.CheckFiles(dir, testNow); err != nil {
+		t.Fatalf("a server's files: %v", err)
+	}
+	for _, tt := range []struct {
+		name  string
+		spoil func(dir string) error
+		want  string
+	}{
+		{"readable CA key", func(dir string) error { return os.Chmod(filepath.Join(dir, "ca.key"), 0o640) }, "chmod 600"},
+		{"readable server key", func(dir string) error { return os.Chmod(filepath.Join(dir, "server.key"), 0o644) }, "chmod 600"},
+		{"CA certificate alone", func(dir string) error { return os.Remove(filepath.Join(dir, "ca.key")) }, "does not"},
+		{"expired CA", nil, "expired"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ca, dir := MustCA(t)
+			if _, err := ca.ServerCertificate(dir, nil, testNow); err != nil {
+				t.Fatal(err)
+			}
+			now := testNow
+			if tt.spoil != nil {
+				if err := tt.spoil(dir); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				now = ca.Cert.NotAfter
+			}
+			before := dirState(t, dir)
+			if err := pki.CheckFiles(dir, now); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error with %q", err, tt.want)
+			}
+			if after := dirState(t, dir); after != before {
+				t.Fatalf("CheckFiles changed the directory:\n%s\nbecame\n%s", before, after)
+			}
+		})
+	}
+}
+
+// dirState lists dir's files with their modes and sizes.
+func dirState(t *testing.T, dir string) string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s %v %d\n", e.Name(), fi.Mode(), fi.Size())
+	}
+	return b.String()
 }
