@@ -124,6 +124,9 @@ func (c *Config) Validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("log-level: %w", err)
 	}
+	if err := distinctListeners(c.listeners()); err != nil {
+		return err
+	}
 	for _, h := range c.Hostnames {
 		if h == "" || len(h) > 253 || strings.ContainsAny(h, " /:,") && net.ParseIP(h) == nil {
 			return fmt.Errorf("hostname: %q is not a DNS name or IP address", h)
@@ -132,9 +135,57 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// validAddr reports whether s is host:port with a port net.Listen takes:
+// a number up to 65535 or a service name.
 func validAddr(s string) bool {
 	_, port, err := net.SplitHostPort(s)
-	return err == nil && port != ""
+	if err != nil || port == "" {
+		return false
+	}
+	_, err = net.LookupPort("tcp", port)
+	return err == nil
+}
+
+// listener is an address the server listens on, and its setting.
+type listener struct{ setting, addr string }
+
+// listeners returns the addresses the server would listen on.
+func (c *Config) listeners() []listener {
+	ls := []listener{{"api-addr", c.APIAddr}, {"mqtt-addr", c.MQTTAddr}}
+	if c.MQTTPlainAddr != "" {
+		ls = append(ls, listener{"mqtt-plain-addr", c.MQTTPlainAddr})
+	}
+	if c.DebugAddr != "" {
+		ls = append(ls, listener{"debug-addr", c.DebugAddr})
+	}
+	return ls
+}
+
+// distinctListeners returns an error if two of ls would take the same
+// port: the same port number (not 0, which picks a free one) on the same
+// host, or on any host where either listens on all addresses.
+func distinctListeners(ls []listener) error {
+	for i, a := range ls {
+		for _, b := range ls[i+1:] {
+			ah, ap, _ := net.SplitHostPort(a.addr)
+			bh, bp, _ := net.SplitHostPort(b.addr)
+			apn, _ := net.LookupPort("tcp", ap)
+			bpn, _ := net.LookupPort("tcp", bp)
+			if apn == 0 || apn != bpn {
+				continue
+			}
+			if ah == bh || allAddrs(ah) || allAddrs(bh) {
+				return fmt.Errorf("%s and %s: both listen on %s and %s, the same port", a.setting, b.setting, a.addr, b.addr)
+			}
+		}
+	}
+	return nil
+}
+
+// allAddrs reports whether a listener on host takes every address.
+func allAddrs(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "" || ip != nil && ip.IsUnspecified()
 }
 
 func loopbackAddr(s string) bool {

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pylonhq/pylon/pki"
 )
 
 var pylonBin string // built once by TestMain
@@ -360,5 +362,52 @@ func TestBinary_FleetTokenAndRoles(t *testing.T) {
 	}
 	if out := s.sh(t, `$PYLON audit verify`); !strings.Contains(out, "OK") {
 		t.Fatalf("audit verify: %s", out)
+	}
+}
+
+// TestBinary_CheckConfig: serve --check-config refuses what serve would
+// refuse at start (listeners, the data directory's keys), and creates
+// nothing.
+func TestBinary_CheckConfig(t *testing.T) {
+	ca := t.TempDir()
+	if _, _, err := pki.LoadOrCreateCA(ca, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(ca, "ca.key"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		data string // default: a new empty directory
+		args []string
+		want string // in the error; "" for OK
+	}{
+		{"defaults", "", nil, ""},
+		{"free ports", "", []string{"--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, ""},
+		{"service name", "", []string{"--api-addr", ":https"}, ""},
+		{"port out of range", "", []string{"--api-addr", "127.0.0.1:99999"}, "api-addr"},
+		{"API and MQTT on one port", "", []string{"--api-addr", "127.0.0.1:7000", "--mqtt-addr", "127.0.0.1:7000"}, "api-addr and mqtt-addr"},
+		{"all addresses and one on a port", "", []string{"--mqtt-addr", ":7001", "--mqtt-plain-addr", "127.0.0.1:7001"}, "mqtt-addr and mqtt-plain-addr"},
+		{"two hosts on a port", "", []string{"--api-addr", "127.0.0.1:7002", "--mqtt-addr", "127.0.0.2:7002"}, ""},
+		{"a readable CA key", ca, nil, "chmod 600"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			data := tt.data
+			if data == "" {
+				data = filepath.Join(t.TempDir(), "d")
+			}
+			out, err := exec.Command(pylonBin, append([]string{"serve", "--check-config", "--data", data}, tt.args...)...).CombinedOutput()
+			switch {
+			case tt.want == "" && (err != nil || !strings.Contains(string(out), "configuration OK")):
+				t.Fatalf("got %v: %s; want configuration OK", err, out)
+			case tt.want != "" && (err == nil || !strings.Contains(string(out), tt.want)):
+				t.Fatalf("got %v: %s; want an error with %q", err, out, tt.want)
+			}
+			if tt.data == "" {
+				if _, err := os.Stat(data); !os.IsNotExist(err) {
+					t.Errorf("--check-config created the data directory (%v)", err)
+				}
+			}
+		})
 	}
 }

@@ -12,9 +12,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/pylonhq/pylon"
 	"github.com/pylonhq/pylon/internal/heapfloor"
+	"github.com/pylonhq/pylon/pki"
 )
 
 const usage = `Pylon: a secure IoT device platform.
@@ -119,6 +121,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageErrorf("%v", err)
 	}
 	if check {
+		// The data directory's keys and certificates too, as serve would
+		// load them; missing ones would be created.
+		if err := pki.CheckFiles(cfg.Data, time.Now()); err != nil {
+			return fmt.Errorf("data: %w", err)
+		}
 		fmt.Fprintln(stdout, "configuration OK")
 		return nil
 	}
