@@ -183,7 +183,9 @@ type resolver struct {
 }
 
 func newResolver(deviceID string, now time.Time, lim Limits) resolver {
-	now = now.UTC()
+	// Times are kept to the microsecond (docs/protocol.md 6.4), relative
+	// ones too.
+	now = now.UTC().Truncate(time.Microsecond)
 	return resolver{
 		deviceID:   deviceID,
 		now:        now,

@@ -530,6 +530,33 @@ func TestDecodeTime(t *testing.T) {
 	}
 }
 
+// TestDecodeTimeMicroseconds: relative times are kept to the microsecond,
+// as absolute ones, even when the receiver's clock has nanoseconds.
+func TestDecodeTimeMicroseconds(t *testing.T) {
+	at := time.Date(2030, 1, 2, 3, 4, 5, 123456789, time.FixedZone("CET", 3600))
+	want := time.Date(2030, 1, 2, 2, 4, 5, 123456000, time.UTC)
+	for _, tt := range []struct {
+		t    float64
+		want time.Time
+	}{
+		{0, want},
+		{-1.5, want.Add(-1500 * time.Millisecond)},
+		{float64(want.Unix()) - 2, want.Add(-2*time.Second - 123456*time.Microsecond)},
+	} {
+		b, err := senml.EncodeCBOR([]senml.Record{{Name: "a", Value: f64(1), Time: tt.t}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := senml.Decode(dev, senml.ContentTypeCBOR, b, at, senml.Limits{})
+		if err != nil {
+			t.Fatalf("t %v: %v", tt.t, err)
+		}
+		if !got[0].Time.Equal(tt.want) || got[0].Time.Nanosecond()%1000 != 0 || got[0].Time.Location() != time.UTC {
+			t.Errorf("t %v: got %v, want %v", tt.t, got[0].Time, tt.want)
+		}
+	}
+}
+
 func TestDecodeMaxRecords(t *testing.T) {
 	recs := make([]senml.Record, 11)
 	for i := range recs {
