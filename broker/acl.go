@@ -94,7 +94,7 @@ func allowed(cl *mqtt.Client, topic string, write bool) bool {
 			return devicePublishAllowed(cl.ID, topic)
 		}
 		return deviceTopicAllowed(cl.ID, topic)
-	case listenerPlain:
+	case listenerIntegration, listenerPlain:
 		return !write && topicBounded(topic) &&
 			len(topic) > len(devicesPrefix) && strings.HasPrefix(topic, devicesPrefix)
 	}

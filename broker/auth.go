@@ -75,7 +75,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	switch cl.Net.Listener {
 	case listenerTLS:
 		return h.b.authenticateDevice(cl, pk)
-	case listenerPlain:
+	case listenerIntegration, listenerPlain:
 		return h.b.authenticateIntegration(cl, pk)
 	}
 	return h.b.refuse(cl, "", reasonListener, "", connackNotAuthorized)
@@ -88,7 +88,7 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	case listenerTLS:
 		id, _, ok := peerIdentity(cl)
 		return ok && pylon.ValidID(id) && cl.ID == id
-	case listenerPlain:
+	case listenerIntegration, listenerPlain:
 		return integrationClientIDOK(cl.ID) && pk.Connect.PasswordFlag
 	}
 	return false

@@ -22,10 +22,12 @@ import (
 )
 
 // Listener ids, as mochi knows them. The listener a client came in on
-// decides what it is: a device (TLS) or a platform integration (plain).
+// decides what it is: a device (mutual TLS) or a platform integration
+// with an API token (TLS with the server's certificate only, or plain TCP).
 const (
-	listenerTLS   = "pylon-tls"
-	listenerPlain = "pylon-plain"
+	listenerTLS         = "pylon-tls"
+	listenerIntegration = "pylon-integration"
+	listenerPlain       = "pylon-plain"
 )
 
 // Limits. README.md explains each one.
@@ -54,14 +56,19 @@ type Options struct {
 	Certificate tls.Certificate // server certificate (chain incl. CA)
 	ClientCAs   *x509.CertPool  // the Pylon CA; client certs must chain to it
 	PlainAddr   string          // optional plain-TCP listener for API-token integrations; "" = none
-	Devices     pylon.DeviceService
-	Certs       pylon.CertificateService
-	APITokens   pylon.APITokenService // required with PlainAddr
-	Audit       pylon.AuditService
-	Registerer  prometheus.Registerer // may be nil
-	Logger      *slog.Logger
-	Now         func() time.Time // time.Now if nil
-	AuditEvery  time.Duration    // ACL-denial and refusal aggregation period, 1 min if 0
+
+	// IntegrationAddr is an optional TLS listener for API-token
+	// integrations: the server's certificate, no client certificate.
+	IntegrationAddr string
+
+	Devices    pylon.DeviceService
+	Certs      pylon.CertificateService
+	APITokens  pylon.APITokenService // required with PlainAddr or IntegrationAddr
+	Audit      pylon.AuditService
+	Registerer prometheus.Registerer // may be nil
+	Logger     *slog.Logger
+	Now        func() time.Time // time.Now if nil
+	AuditEvery time.Duration    // ACL-denial and refusal aggregation period, 1 min if 0
 
 	// Ingest receives every PUBLISH of a device to devices/{its id}/telemetry
 	// before it is acknowledged (see telemetryHook). nil: the telemetry topic
@@ -95,7 +102,8 @@ type Broker struct {
 	started   bool
 	closed    bool
 	tlsLn     net.Listener
-	plainLn   net.Listener
+	integLn   net.Listener // nil if none
+	plainLn   net.Listener // nil if none
 	stopAudit chan struct{}
 
 	closing   atomic.Bool
@@ -121,8 +129,8 @@ func New(opts Options) (*Broker, error) {
 		return nil, errors.New("certificate service is required")
 	case opts.Audit == nil:
 		return nil, errors.New("audit service is required")
-	case opts.PlainAddr != "" && opts.APITokens == nil:
-		return nil, errors.New("api token service is required with a plain listener")
+	case (opts.PlainAddr != "" || opts.IntegrationAddr != "") && opts.APITokens == nil:
+		return nil, errors.New("api token service is required with an integration listener")
 	case opts.AuditEvery < 0:
 		return nil, errors.New("audit period must not be negative")
 	}
@@ -217,20 +225,33 @@ func (b *Broker) Start(ctx context.Context) error {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    b.opts.ClientCAs,
 	})
-	var plainLn net.Listener
+	var integLn, plainLn net.Listener
+	closeAll := func() {
+		for _, ln := range []net.Listener{tlsLn, integLn, plainLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
+	if b.opts.IntegrationAddr != "" {
+		p, err := lc.Listen(ctx, "tcp", b.opts.IntegrationAddr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen mqtt integration: %w", err)
+		}
+		integLn = tls.NewListener(retryListener{Listener: p, log: b.log}, &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{b.opts.Certificate},
+			ClientAuth:   tls.NoClientCert, // the API token is the identity
+		})
+	}
 	if b.opts.PlainAddr != "" {
 		p, err := lc.Listen(ctx, "tcp", b.opts.PlainAddr)
 		if err != nil {
-			tlsLn.Close()
+			closeAll()
 			return fmt.Errorf("listen mqtt plain: %w", err)
 		}
 		plainLn = retryListener{Listener: p, log: b.log}
-	}
-	closeAll := func() {
-		tlsLn.Close()
-		if plainLn != nil {
-			plainLn.Close()
-		}
 	}
 
 	rctx, cancel := context.WithTimeout(pylon.NewContextWithPrincipal(context.WithoutCancel(ctx), pylon.SystemPrincipal), storeTimeout)
@@ -247,6 +268,13 @@ func (b *Broker) Start(ctx context.Context) error {
 		closeAll()
 		return fmt.Errorf("add tls listener: %w", err)
 	}
+	if integLn != nil {
+		if err := b.server.AddListener(&listener{Net: listeners.NewNet(listenerIntegration, integLn), b: b}); err != nil {
+			closeAll()
+			return fmt.Errorf("add integration listener: %w", err)
+		}
+		b.log.Info("mqtt integration listener", "addr", integLn.Addr().String(), "allowed", "API-token integrations, subscribe only")
+	}
 	if plainLn != nil {
 		if err := b.server.AddListener(&listener{Net: listeners.NewNet(listenerPlain, plainLn), b: b}); err != nil {
 			closeAll()
@@ -259,7 +287,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		closeAll()
 		return fmt.Errorf("serve mqtt: %w", err)
 	}
-	b.tlsLn, b.plainLn = tlsLn, plainLn
+	b.tlsLn, b.integLn, b.plainLn = tlsLn, integLn, plainLn
 	b.started = true
 
 	b.stopAudit = make(chan struct{})
@@ -292,6 +320,17 @@ func (b *Broker) PlainAddr() net.Addr {
 	return b.plainLn.Addr()
 }
 
+// IntegrationAddr returns the bound address of the integrations' TLS
+// listener, or nil if there is none.
+func (b *Broker) IntegrationAddr() net.Addr {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.integLn == nil {
+		return nil
+	}
+	return b.integLn.Addr()
+}
+
 // Server returns the mochi server, for later hooks (ingest, commands) and
 // its inline client.
 func (b *Broker) Server() *mqtt.Server { return b.server }
@@ -309,15 +348,16 @@ func (b *Broker) Close() error {
 		b.closing.Store(true)
 		b.mu.Lock()
 		b.closed = true
-		started, tlsLn, plainLn, stop := b.started, b.tlsLn, b.plainLn, b.stopAudit
+		started, lns, stop := b.started, []net.Listener{b.tlsLn, b.integLn, b.plainLn}, b.stopAudit
 		b.mu.Unlock()
 
 		if started {
 			// Stop accepting first, so that no client arrives between mochi
 			// disconnecting the clients and closing its listeners.
-			tlsLn.Close()
-			if plainLn != nil {
-				plainLn.Close()
+			for _, ln := range lns {
+				if ln != nil {
+					ln.Close()
+				}
 			}
 		}
 		// Every client is disconnected (v5: DISCONNECT 0x8B) and its

@@ -25,14 +25,15 @@ func TestNew_ValidatesOptions(t *testing.T) {
 			Devices: store, Certs: store, Audit: store}
 	}
 	tests := map[string]func(*broker.Options){
-		"no address":             func(o *broker.Options) { o.Addr = "" },
-		"no certificate":         func(o *broker.Options) { o.Certificate = tls.Certificate{} },
-		"no client CAs":          func(o *broker.Options) { o.ClientCAs = nil },
-		"no device service":      func(o *broker.Options) { o.Devices = nil },
-		"no certificate service": func(o *broker.Options) { o.Certs = nil },
-		"no audit service":       func(o *broker.Options) { o.Audit = nil },
-		"plain without tokens":   func(o *broker.Options) { o.PlainAddr = "127.0.0.1:0" },
-		"negative audit period":  func(o *broker.Options) { o.AuditEvery = -time.Second },
+		"no address":                 func(o *broker.Options) { o.Addr = "" },
+		"no certificate":             func(o *broker.Options) { o.Certificate = tls.Certificate{} },
+		"no client CAs":              func(o *broker.Options) { o.ClientCAs = nil },
+		"no device service":          func(o *broker.Options) { o.Devices = nil },
+		"no certificate service":     func(o *broker.Options) { o.Certs = nil },
+		"no audit service":           func(o *broker.Options) { o.Audit = nil },
+		"plain without tokens":       func(o *broker.Options) { o.PlainAddr = "127.0.0.1:0" },
+		"integration without tokens": func(o *broker.Options) { o.IntegrationAddr = "127.0.0.1:0" },
+		"negative audit period":      func(o *broker.Options) { o.AuditEvery = -time.Second },
 	}
 	for name, edit := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -618,8 +619,41 @@ func TestPlainListener(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "plain-TCP MQTT listener enabled: traffic is not encrypted") {
 		t.Error("no warning about the plain listener in the log")
 	}
+	testIntegrationListener(t, e, e.ConnectPlain)
+}
+
+// TestIntegrationListener: the integrations' TLS listener admits the
+// same clients as the plain one, over TLS without a client certificate;
+// a device certificate shown there makes no device.
+func TestIntegrationListener(t *testing.T) {
+	e := MustStart(t, func(o *broker.Options, _ *fakeStore) { o.IntegrationAddr = "127.0.0.1:0" })
+	if strings.Contains(e.logs.String(), "plain-TCP") {
+		t.Error("the TLS integration listener logged a plain-TCP warning")
+	}
+	testIntegrationListener(t, e, e.ConnectIntegration)
+
+	id, cert := e.NewDevice()
+	conn, err := e.dialIntegration(&cert)
+	if err != nil {
+		t.Fatalf("TLS with a device certificate: %v", err)
+	}
+	if _, ack, err := e.mqttConnect(conn, id); err == nil || ack == nil || ack.ReasonCode != 0x85 {
+		t.Fatalf("a device's identity on the integration listener: got err=%v ack=%+v, want CONNACK 0x85", err, ack)
+	}
+	raw, err := net.DialTimeout("tcp", e.b.IntegrationAddr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ack, err := e.mqttConnect(raw, "svc", withToken(e.store.AddToken(pylon.RoleViewer))); err == nil {
+		t.Fatalf("plain MQTT on the TLS integration listener: got CONNACK %+v, want a failed connection", ack)
+	}
+}
+
+// testIntegrationListener checks what an API-token integration may do,
+// connecting with connect.
+func testIntegrationListener(t *testing.T, e *env, connect func(clientID, password string) (*client, *paho.Connack, error)) {
 	token := e.store.AddToken(pylon.RoleViewer)
-	in, _, err := e.ConnectPlain("dashboard-1", token)
+	in, _, err := connect("dashboard-1", token)
 	if err != nil {
 		t.Fatalf("connect with API token: %v", err)
 	}
@@ -669,7 +703,7 @@ func TestPlainListener(t *testing.T) {
 	}
 	for name, tc := range refused {
 		t.Run(name, func(t *testing.T) {
-			_, ack, err := e.ConnectPlain(tc.clientID, tc.password)
+			_, ack, err := connect(tc.clientID, tc.password)
 			if err == nil || ack == nil || ack.ReasonCode != tc.code {
 				t.Fatalf("got err=%v ack=%+v, want CONNACK 0x%02x", err, ack, tc.code)
 			}

@@ -384,12 +384,40 @@ func (e *env) ConnectPlain(clientID, password string) (*client, *paho.Connack, e
 	if err != nil {
 		return nil, nil, err
 	}
-	return e.mqttConnect(conn, clientID, func(c *paho.Connect) {
+	return e.mqttConnect(conn, clientID, withToken(password))
+}
+
+// ConnectIntegration connects an MQTT 5 client to the integrations' TLS
+// listener, without a client certificate, with an API token as password
+// ("" for none).
+func (e *env) ConnectIntegration(clientID, password string) (*client, *paho.Connack, error) {
+	conn, err := e.dialIntegration(nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return e.mqttConnect(conn, clientID, withToken(password))
+}
+
+// withToken sets an integration's API token as the CONNECT password, if
+// not "".
+func withToken(password string) func(*paho.Connect) {
+	return func(c *paho.Connect) {
 		if password != "" {
 			c.Username, c.UsernameFlag = "integration", true
 			c.Password, c.PasswordFlag = []byte(password), true
 		}
-	})
+	}
+}
+
+// dialIntegration dials the integrations' TLS listener, trusting the
+// test CA, with cert if not nil.
+func (e *env) dialIntegration(cert *tls.Certificate) (*tls.Conn, error) {
+	cfg := &tls.Config{RootCAs: e.pki.pool, ServerName: "localhost"}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	return tls.DialWithDialer(d, "tcp", e.b.IntegrationAddr().String(), cfg)
 }
 
 func (e *env) mqttConnect(conn net.Conn, clientID string, edit ...func(*paho.Connect)) (*client, *paho.Connack, error) {
