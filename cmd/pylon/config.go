@@ -20,10 +20,11 @@ import (
 // environment variables, then flags: each later source overrides the
 // earlier ones.
 type Config struct {
-	Data          string   `json:"data"`            // data directory (CA, store, admin token)
-	APIAddr       string   `json:"api_addr"`        // HTTPS API, EST and dashboard
-	MQTTAddr      string   `json:"mqtt_addr"`       // MQTT over mutual TLS
-	MQTTPlainAddr string   `json:"mqtt_plain_addr"` // optional plain-TCP MQTT (API-token clients only)
+	Data          string   `json:"data"`                  // data directory (CA, store, admin token)
+	APIAddr       string   `json:"api_addr"`              // HTTPS API, EST and dashboard
+	MQTTAddr      string   `json:"mqtt_addr"`             // MQTT over mutual TLS
+	MQTTPlainAddr string   `json:"mqtt_plain_addr"`       // optional plain-TCP MQTT (API-token clients only)
+	MQTTIntegAddr string   `json:"mqtt_integration_addr"` // optional MQTT over TLS for API-token clients (no client certificate)
 	PublicMQTT    string   `json:"public_mqtt_addr"`
 	Hostnames     []string `json:"hostnames"` // extra DNS names or IPs for the server certificate
 	LogLevel      string   `json:"log_level"` // debug, info, warn, error
@@ -110,6 +111,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("mqtt-addr: %q is not host:port", c.MQTTAddr)
 	case c.MQTTPlainAddr != "" && !validAddr(c.MQTTPlainAddr):
 		return fmt.Errorf("mqtt-plain-addr: %q is not host:port", c.MQTTPlainAddr)
+	case c.MQTTIntegAddr != "" && !validAddr(c.MQTTIntegAddr):
+		return fmt.Errorf("mqtt-integration-addr: %q is not host:port", c.MQTTIntegAddr)
 	case c.PublicMQTT != "" && !validAddr(c.PublicMQTT):
 		return fmt.Errorf("public-mqtt-addr: %q is not host:port", c.PublicMQTT)
 	case c.DebugAddr != "" && !loopbackAddr(c.DebugAddr):
@@ -152,6 +155,9 @@ type listener struct{ setting, addr string }
 // listeners returns the addresses the server would listen on.
 func (c *Config) listeners() []listener {
 	ls := []listener{{"api-addr", c.APIAddr}, {"mqtt-addr", c.MQTTAddr}}
+	if c.MQTTIntegAddr != "" {
+		ls = append(ls, listener{"mqtt-integration-addr", c.MQTTIntegAddr})
+	}
 	if c.MQTTPlainAddr != "" {
 		ls = append(ls, listener{"mqtt-plain-addr", c.MQTTPlainAddr})
 	}
@@ -218,6 +224,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (cf
 		data      = fs.String("data", "", "data `dir`ectory ($PYLON_DATA, default ./pylon-data)")
 		apiAddr   = fs.String("api-addr", "", "HTTPS API `address` ($PYLON_API_ADDR, default :8443)")
 		mqttAddr  = fs.String("mqtt-addr", "", "MQTT over mutual TLS `address` ($PYLON_MQTT_ADDR, default :8883)")
+		integAddr = fs.String("mqtt-integration-addr", "", "MQTT over TLS `address` for API-token integrations, no client certificate ($PYLON_MQTT_INTEGRATION_ADDR, default none)")
 		plainAddr = fs.String("mqtt-plain-addr", "", "INSECURE plain-TCP MQTT `address` for API-token integrations ($PYLON_MQTT_PLAIN_ADDR, default none)")
 		public    = fs.String("public-mqtt-addr", "", "broker `host:port` announced to devices ($PYLON_PUBLIC_MQTT_ADDR)")
 		debugAddr = fs.String("debug-addr", "", "serve Go pprof profiles on this loopback `address` ($PYLON_DEBUG_ADDR)")
@@ -255,6 +262,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (cf
 	set(&cfg.APIAddr, "PYLON_API_ADDR", *apiAddr)
 	set(&cfg.MQTTAddr, "PYLON_MQTT_ADDR", *mqttAddr)
 	set(&cfg.MQTTPlainAddr, "PYLON_MQTT_PLAIN_ADDR", *plainAddr)
+	set(&cfg.MQTTIntegAddr, "PYLON_MQTT_INTEGRATION_ADDR", *integAddr)
 	set(&cfg.PublicMQTT, "PYLON_PUBLIC_MQTT_ADDR", *public)
 	set(&cfg.DebugAddr, "PYLON_DEBUG_ADDR", *debugAddr)
 	set(&cfg.LogLevel, "PYLON_LOG_LEVEL", *level)

@@ -86,25 +86,7 @@ func (b *syncBuffer) String() string {
 
 func startBinary(t *testing.T, data string) *binServer {
 	t.Helper()
-	s := &binServer{data: data, apiPort: freePort(t), mqttPort: freePort(t), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
-	s.api = fmt.Sprintf("https://127.0.0.1:%d", s.apiPort)
-	s.cmd = exec.Command(pylonBin, "serve", "--data", data,
-		"--api-addr", fmt.Sprintf("127.0.0.1:%d", s.apiPort),
-		"--mqtt-addr", fmt.Sprintf("127.0.0.1:%d", s.mqttPort))
-	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if s.cmd.ProcessState == nil {
-			s.cmd.Process.Kill()
-			s.cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("server stderr:\n%s", s.stderr)
-		}
-	})
-	return s
+	return startServe(t, data, freePort(t), freePort(t))
 }
 
 // stop sends SIGTERM and returns the exit code.

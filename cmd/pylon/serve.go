@@ -142,18 +142,19 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.background.Go(func() { pruneCertificates(bctx, certs, log, time.Hour) })
 
 	m.Broker, err = broker.New(broker.Options{
-		Addr:        cfg.MQTTAddr,
-		Certificate: serverCert,
-		ClientCAs:   ca.CertPool(),
-		PlainAddr:   cfg.MQTTPlainAddr,
-		Devices:     devices,
-		Certs:       certs,
-		APITokens:   apiTokens,
-		Audit:       audit,
-		Registerer:  reg,
-		Logger:      log.With("component", "broker"),
-		Ingest:      m.Ingester,
-		Events:      m.Events,
+		Addr:            cfg.MQTTAddr,
+		Certificate:     serverCert,
+		ClientCAs:       ca.CertPool(),
+		PlainAddr:       cfg.MQTTPlainAddr,
+		IntegrationAddr: cfg.MQTTIntegAddr,
+		Devices:         devices,
+		Certs:           certs,
+		APITokens:       apiTokens,
+		Audit:           audit,
+		Registerer:      reg,
+		Logger:          log.With("component", "broker"),
+		Ingest:          m.Ingester,
+		Events:          m.Events,
 	})
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)

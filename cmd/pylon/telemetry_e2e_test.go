@@ -516,10 +516,18 @@ func binPlatform(t *testing.T, s *binServer) *Platform {
 func TestBinary_SealMosquittoPub(t *testing.T) {
 	requireTools(t, "curl", "openssl", "mosquitto_pub", "mosquitto_sub", "base64")
 	data := filepath.Join(t.TempDir(), "d")
-	s := startServe(t, data, freePort(t), freePort(t))
+	integPort := freePort(t)
+	s := startServe(t, data, freePort(t), freePort(t), "--mqtt-integration-addr", fmt.Sprintf("127.0.0.1:%d", integPort))
 	waitHealthy(t, s)
 	var dev struct{ ID string }
 	mustJSON(t, s.sh(t, `$PYLON devices create shell-sensor -o json`), &dev)
+
+	// An integration over TLS with an API token (docs/operations.md),
+	// subscribed in a session that keeps what it misses.
+	var viewer struct{ Token string }
+	mustJSON(t, s.sh(t, `$PYLON api-tokens create integration --role viewer -o json`), &viewer)
+	integ := fmt.Sprintf(`mosquitto_sub --cafile "$PYLON_CA" -h localhost -p %d -i integration-1 -u integration -P '%s' -V mqttv5 -c -x 300 -q 1 -t 'devices/+/telemetry'`, integPort, viewer.Token)
+	s.sh(t, integ+` -E`)
 	var tok struct{ Token string }
 	mustJSON(t, s.sh(t, `$PYLON tokens create --device `+dev.ID+` -o json`), &tok)
 	s.sh(t, `"$EXAMPLES/shell/enroll.sh" "$API" "$PYLON_CA" '`+tok.Token+`' dev`)
@@ -533,6 +541,16 @@ echo '[{"n":"temp","u":"Cel","v":21.5},{"n":"humidity","u":"%RH","v":40}]' |
     -h localhost -p $MQTT_PORT -i "$ID" -q 1 -V mqttv5 -t "devices/$ID/telemetry" -s`
 	for _, flags := range []string{"", "--compress deflate", "--format json", "--format json --compress zstd"} {
 		s.sh(t, strings.Replace(pub, "FLAGS", flags, 1))
+	}
+	// The integration gets the four messages as sent.
+	got := strings.Fields(s.sh(t, integ+` -C 4 -W 10 -F '%t %l'`))
+	if want := strings.Fields(strings.Repeat("devices/"+dev.ID+"/telemetry X ", 4)); len(got) != len(want) {
+		t.Fatalf("integration: got %q, want 4 telemetry messages", got)
+	}
+	for i := 0; i < len(got); i += 2 {
+		if got[i] != "devices/"+dev.ID+"/telemetry" || got[i+1] == "0" {
+			t.Fatalf("integration: got %q, want 4 telemetry messages", got)
+		}
 	}
 	if got := strings.TrimSpace(s.sh(t, `cat dev/seq; stat -c %a dev/seq`)); got != "4\n600" {
 		t.Fatalf("seq file: got %q, want 4 and mode 600", got)
