@@ -97,7 +97,7 @@ func (s *Service) Reenroll(ctx context.Context, req pylon.EnrollRequest) (*x509.
 	}
 	deviceID := peer.Subject.CommonName
 	if cn := req.CSR.Subject.CommonName; cn != "" && cn != deviceID {
-		return nil, pylon.Errorf(pylon.EFORBIDDEN, "subject does not match the current certificate")
+		return nil, pylon.Errorf(pylon.EFORBIDDEN, "subject does not match the current certificate: the CSR's common name %q is not the device id %s; leave it empty or use the device id", truncate(cn, 64), deviceID)
 	}
 	serial := SerialString(peer.SerialNumber)
 	stored, err := s.Certs.FindCertificateBySerial(ctx, serial)

@@ -629,6 +629,21 @@ func enroll(ctx context.Context, tx *Tx, tokenID string, secretHash []byte, comm
 	return d, c, t, nil
 }
 
+// unusableReason says why c is not usable at now.
+func unusableReason(c *pylon.Certificate, now time.Time) string {
+	switch {
+	case c.Status == pylon.CertRevoked && c.Reason != "":
+		return "revoked (" + c.Reason + ")"
+	case c.Status == pylon.CertRevoked:
+		return "revoked"
+	case c.Status == pylon.CertSuperseded:
+		return "superseded: the device has connected with a newer certificate, renew with that one"
+	case now.Before(c.NotBefore):
+		return "not valid yet"
+	}
+	return "expired at " + c.NotAfter.UTC().Format(time.RFC3339) + ": enroll again with a new token"
+}
+
 // Reenroll renews for the holder of the certificate with serial, which
 // must be usable now, of an active device: it calls issue, records the new
 // certificate and audits certificate.renew in one transaction. The old
@@ -649,7 +664,7 @@ func (s *EnrollmentStore) Reenroll(ctx context.Context, serial string, issue pyl
 		return nil, nil, err
 	}
 	if !old.Usable(tx.now) {
-		return nil, nil, pylon.Errorf(pylon.EFORBIDDEN, "certificate not valid for renewal")
+		return nil, nil, pylon.Errorf(pylon.EFORBIDDEN, "certificate not valid for renewal: %s", unusableReason(old, tx.now))
 	}
 	d, _, err := findDevice(ctx, tx, old.DeviceID)
 	if err != nil {

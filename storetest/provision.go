@@ -563,12 +563,13 @@ func testReenrollRefused(t *testing.T, s Stores) {
 		name   string
 		now    time.Time
 		serial string
+		msg    string // the error says why
 	}{
-		{"unknown", T0, "abc123"},
-		{"revoked", T0, revoked.Serial},
-		{"suspended device", T0, suspCert.Serial},
-		{"expired", good.NotAfter, good.Serial},
-		{"not yet valid", T0, early.Serial},
+		{"unknown", T0, "abc123", "certificate not valid for renewal"},
+		{"revoked", T0, revoked.Serial, "revoked (key compromise)"},
+		{"suspended device", T0, suspCert.Serial, "suspended"},
+		{"expired", good.NotAfter, good.Serial, "expired at"},
+		{"not yet valid", T0, early.Serial, "not valid yet"},
 	}
 	before := len(allAudit(t, s))
 	issued := len(is.certs)
@@ -578,6 +579,9 @@ func testReenrollRefused(t *testing.T, s Stores) {
 			defer s.SetNow(T0)
 			_, _, err := s.Enroll.Reenroll(ctx, tt.serial, is.Issue)
 			wantCode(t, err, pylon.EFORBIDDEN)
+			if got := pylon.ErrorMessage(err); !strings.Contains(got, tt.msg) {
+				t.Fatalf("got message %q, want it to say %q", got, tt.msg)
+			}
 		})
 	}
 	if len(is.certs) != issued {
