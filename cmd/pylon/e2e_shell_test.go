@@ -393,3 +393,43 @@ func TestBinary_CheckConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestBinary_HeapFloor: serve raises GOGC above the default while its
+// live heap is small (internal/heapfloor), unless GOGC is set, as
+// docs/operations.md says; /metrics shows the setting.
+func TestBinary_HeapFloor(t *testing.T) {
+	requireTools(t, "curl")
+	gogc := func(s *binServer) float64 {
+		out := s.sh(t, `curl -sS --cacert "$PYLON_CA" -H "Authorization: Bearer $(cat "$PYLON_TOKEN_FILE")" "$API/metrics"`)
+		for _, line := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(line, "go_gc_gogc_percent "); ok {
+				var f float64
+				fmt.Sscan(v, &f)
+				return f
+			}
+		}
+		t.Fatalf("no go_gc_gogc_percent in /metrics")
+		return 0
+	}
+	t.Run("default", func(t *testing.T) {
+		s := startBinary(t, filepath.Join(t.TempDir(), "d"))
+		waitHealthy(t, s)
+		// Raised after a collection; scraping allocates, so one comes.
+		for deadline := time.Now().Add(10 * time.Second); gogc(s) <= 100; {
+			if time.Now().After(deadline) {
+				t.Fatalf("GOGC stayed at %v, want it raised above 100", gogc(s))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	t.Run("GOGC set", func(t *testing.T) {
+		t.Setenv("GOGC", "150")
+		s := startBinary(t, filepath.Join(t.TempDir(), "d"))
+		waitHealthy(t, s)
+		for range 20 {
+			if got := gogc(s); got != 150 {
+				t.Fatalf("GOGC: got %v, want the environment's 150", got)
+			}
+		}
+	})
+}
