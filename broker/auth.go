@@ -22,11 +22,11 @@ const (
 	reasonNoCertificate = "no_certificate"     // no verified certificate on the TLS listener
 	reasonBadIdentity   = "invalid_identity"   // certificate CN is not a device id
 	reasonClientID      = "client_id_mismatch" // client id is not the certificate's device id
-	reasonBadClientID   = "client_id_invalid"  // plain listener: empty, too long or device-like client id
+	reasonBadClientID   = "client_id_invalid"  // integration listener: empty, too long or device-like client id
 	reasonWill          = "will_denied"        // will topic outside what the client may publish
 	reasonUnauthorized  = "unauthorized"       // store: EUNAUTHORIZED (unknown/superseded/expired certificate)
 	reasonForbidden     = "forbidden"          // store: EFORBIDDEN (revoked, device not active), or role
-	reasonBadToken      = "bad_token"          // plain listener: missing, malformed or unknown API token
+	reasonBadToken      = "bad_token"          // integration listener: missing, malformed or unknown API token
 	reasonStoreError    = "store_error"        // the store failed; refused, fail closed
 	reasonListener      = "unknown_listener"   // cannot happen; fail closed
 )
@@ -49,7 +49,7 @@ var (
 )
 
 // authHook authenticates every CONNECT. Devices (TLS listener) by their
-// verified client certificate and the store; integrations (plain listener)
+// verified client certificate and the store; integrations (integration listeners)
 // by an API token.
 //
 // The work is done in OnConnect, which can write its own CONNACK and halt
@@ -149,8 +149,9 @@ func (b *Broker) willAllowed(id, topic string) bool {
 	return devicePublishAllowed(id, topic)
 }
 
-// authenticateIntegration admits a platform integration on the plain
-// listener that presents a live API token as its password.
+// authenticateIntegration admits a platform integration on an
+// integration listener (TLS or plain) that presents a live API token as
+// its password; recheckIntegrations checks the token again later.
 func (b *Broker) authenticateIntegration(cl *mqtt.Client, pk packets.Packet) error {
 	// Device-like ids, and the inline client's, would take over a device's
 	// (or the platform's) session.
@@ -178,6 +179,7 @@ func (b *Broker) authenticateIntegration(cl *mqtt.Client, pk packets.Packet) err
 		return b.refuse(cl, "", reasonForbidden, "token role may not read", connackNotAuthorized)
 	}
 	limitKeepalive(cl)
+	b.integrations.add(cl, integrationToken{id: tokenID, hash: hash})
 	b.log.Info("mqtt integration connected", "token", tok.ID, "client", cl.ID, "remote", cl.Net.Remote)
 	return nil
 }

@@ -61,6 +61,11 @@ type Options struct {
 	// integrations: the server's certificate, no client certificate.
 	IntegrationAddr string
 
+	// IntegrationRecheck is how often the token of a connected
+	// integration is checked again; a revoked or expired one ends the
+	// session. One minute if 0.
+	IntegrationRecheck time.Duration
+
 	Devices    pylon.DeviceService
 	Certs      pylon.CertificateService
 	APITokens  pylon.APITokenService // required with PlainAddr or IntegrationAddr
@@ -83,15 +88,16 @@ type Options struct {
 // Broker is the embedded MQTT broker. Create it with New, then Start it;
 // Close stops it.
 type Broker struct {
-	opts     Options
-	log      *slog.Logger
-	now      func() time.Time
-	server   *mqtt.Server
-	inline   *mqtt.Client // the server's inline client, which routes stored telemetry
-	metrics  *metrics
-	audit    *auditAggregator
-	sessions *sessions
-	conns    deviceConns // telemetry state of each live device connection, with its certificate key
+	opts         Options
+	log          *slog.Logger
+	now          func() time.Time
+	server       *mqtt.Server
+	inline       *mqtt.Client // the server's inline client, which routes stored telemetry
+	metrics      *metrics
+	audit        *auditAggregator
+	sessions     *sessions
+	conns        deviceConns        // telemetry state of each live device connection, with its certificate key
+	integrations integrationClients // the API token of each connected integration
 
 	// base is the parent of the contexts of store calls made from hooks,
 	// which mochi gives no context. Close cancels it last.
@@ -133,6 +139,8 @@ func New(opts Options) (*Broker, error) {
 		return nil, errors.New("api token service is required with an integration listener")
 	case opts.AuditEvery < 0:
 		return nil, errors.New("audit period must not be negative")
+	case opts.IntegrationRecheck < 0:
+		return nil, errors.New("integration recheck period must not be negative")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -296,6 +304,17 @@ func (b *Broker) Start(ctx context.Context) error {
 		defer b.wg.Done()
 		b.audit.run(b.base, b.stopAudit)
 	}()
+	if integLn != nil || plainLn != nil {
+		period := b.opts.IntegrationRecheck
+		if period == 0 {
+			period = defaultIntegrationRecheck
+		}
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.recheckIntegrations(period, b.stopAudit)
+		}()
+	}
 	b.log.Info("mqtt broker listening", "addr", tlsLn.Addr().String())
 	return nil
 }

@@ -25,15 +25,16 @@ func TestNew_ValidatesOptions(t *testing.T) {
 			Devices: store, Certs: store, Audit: store}
 	}
 	tests := map[string]func(*broker.Options){
-		"no address":                 func(o *broker.Options) { o.Addr = "" },
-		"no certificate":             func(o *broker.Options) { o.Certificate = tls.Certificate{} },
-		"no client CAs":              func(o *broker.Options) { o.ClientCAs = nil },
-		"no device service":          func(o *broker.Options) { o.Devices = nil },
-		"no certificate service":     func(o *broker.Options) { o.Certs = nil },
-		"no audit service":           func(o *broker.Options) { o.Audit = nil },
-		"plain without tokens":       func(o *broker.Options) { o.PlainAddr = "127.0.0.1:0" },
-		"integration without tokens": func(o *broker.Options) { o.IntegrationAddr = "127.0.0.1:0" },
-		"negative audit period":      func(o *broker.Options) { o.AuditEvery = -time.Second },
+		"no address":                   func(o *broker.Options) { o.Addr = "" },
+		"no certificate":               func(o *broker.Options) { o.Certificate = tls.Certificate{} },
+		"no client CAs":                func(o *broker.Options) { o.ClientCAs = nil },
+		"no device service":            func(o *broker.Options) { o.Devices = nil },
+		"no certificate service":       func(o *broker.Options) { o.Certs = nil },
+		"no audit service":             func(o *broker.Options) { o.Audit = nil },
+		"plain without tokens":         func(o *broker.Options) { o.PlainAddr = "127.0.0.1:0" },
+		"integration without tokens":   func(o *broker.Options) { o.IntegrationAddr = "127.0.0.1:0" },
+		"negative integration recheck": func(o *broker.Options) { o.IntegrationRecheck = -time.Second },
+		"negative audit period":        func(o *broker.Options) { o.AuditEvery = -time.Second },
 	}
 	for name, edit := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -646,6 +647,56 @@ func TestIntegrationListener(t *testing.T) {
 	}
 	if _, ack, err := e.mqttConnect(raw, "svc", withToken(e.store.AddToken(pylon.RoleViewer))); err == nil {
 		t.Fatalf("plain MQTT on the TLS integration listener: got CONNACK %+v, want a failed connection", ack)
+	}
+}
+
+// TestIntegrationListener_TokenRevoked: revoking an integration's API
+// token ends its live session at the next check (MQTT 5: DISCONNECT
+// 0x98); a session with a valid token stays.
+func TestIntegrationListener_TokenRevoked(t *testing.T) {
+	for _, listener := range []string{"tls", "plain"} {
+		t.Run(listener, func(t *testing.T) {
+			e := MustStart(t, func(o *broker.Options, _ *fakeStore) {
+				o.IntegrationAddr, o.PlainAddr, o.IntegrationRecheck = "127.0.0.1:0", "127.0.0.1:0", 20*time.Millisecond
+			})
+			connect := e.ConnectIntegration
+			if listener == "plain" {
+				connect = e.ConnectPlain
+			}
+			revoked, kept := e.store.AddToken(pylon.RoleViewer), e.store.AddToken(pylon.RoleViewer)
+			gone, _, err := connect("historian", revoked)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stays, _, err := connect("bridge", kept)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond) // checked several times, still valid
+			e.store.RevokeToken(revoked)
+			select {
+			case d := <-gone.disc:
+				if d.ReasonCode != 0x98 {
+					t.Fatalf("got DISCONNECT 0x%02x, want 0x98", d.ReasonCode)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the session of a revoked token is still live")
+			}
+			id, cert := e.NewDevice()
+			dev := e.MustConnect(cert, id)
+			if got := stays.SubscribeCodes(t, "devices/+/status"); got[0] >= 0x80 {
+				t.Fatalf("valid token's subscribe: got 0x%02x", got[0])
+			}
+			if got := dev.Publish1(t, "devices/"+id+"/status", []byte("up"), false); got != 0 {
+				t.Fatalf("device publish: got 0x%02x", got)
+			}
+			if m := stays.Receive(t); string(m.Payload) != "up" {
+				t.Fatalf("valid token's session received %q, want up", m.Payload)
+			}
+			if !strings.Contains(e.logs.String(), "mqtt integration session ended") {
+				t.Error("no log line for the ended session")
+			}
+		})
 	}
 }
 

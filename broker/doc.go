@@ -6,9 +6,11 @@
 // client id must equal that id. At every CONNECT the store is asked whether
 // the certificate and the device may connect (see
 // pylon.CertificateService.AuthorizeConnection). A device may publish and
-// subscribe only under "devices/{its id}/". An optional plain-TCP listener
-// admits platform integrations that log in with an API token; they may
-// subscribe under "devices/" and never publish.
+// subscribe only under "devices/{its id}/". Optional integration
+// listeners (TLS without a client certificate, or plain TCP) admit platform
+// integrations that log in with an API token; they may subscribe under
+// "devices/" and never publish, and a token revoked or expired since ends
+// their sessions within Options.IntegrationRecheck.
 //
 // With Options.Ingest, each PUBLISH of a device to
 // "devices/{id}/telemetry" is verified and stored before it is
@@ -17,7 +19,8 @@
 // publish to.
 //
 // The hooks live one per file: auth.go (CONNECT), acl.go (topics),
-// connection.go (online/offline and DisconnectDevice), telemetry.go
+// connection.go (online/offline and DisconnectDevice), integration.go
+// (integrations' tokens checked again), telemetry.go
 // (ingest) and metrics.go. README.md holds the design notes, the limits and
 // the lock ordering.
 package broker

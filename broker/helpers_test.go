@@ -234,6 +234,17 @@ func (s *fakeStore) AddToken(role pylon.Role) string {
 	return secret
 }
 
+// RevokeToken forgets the API token with secret.
+func (s *fakeStore) RevokeToken(secret string) {
+	id, _, err := pylon.ParseSecret(pylon.APITokenPrefix, secret)
+	if err != nil {
+		panic(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.tokens, id)
+}
+
 func (s *fakeStore) Online(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
