@@ -433,7 +433,7 @@ func transition(ctx context.Context, tx *Tx, d *pylon.Device, next pylon.DeviceS
 		return err
 	}
 	if next == pylon.DeviceDecommissioned {
-		if err := revokeDeviceCertificates(ctx, tx, d.ID, "decommissioned"); err != nil {
+		if err := revokeDeviceCertificates(ctx, tx, d.ID, reasonDecommissioned); err != nil {
 			return err
 		}
 	}

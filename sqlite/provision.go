@@ -632,9 +632,11 @@ func enroll(ctx context.Context, tx *Tx, tokenID string, secretHash []byte, comm
 // unusableReason says why c is not usable at now.
 func unusableReason(c *pylon.Certificate, now time.Time) string {
 	switch {
-	case c.Status == pylon.CertRevoked && c.Reason != "":
+	case c.Status == pylon.CertRevoked && (c.Reason == reasonDecommissioned || c.Reason == revokeReasonDeleted):
 		return "revoked (" + c.Reason + ")"
 	case c.Status == pylon.CertRevoked:
+		// An operator's reason is free text, not for whoever holds the
+		// certificate (perhaps who stole its key).
 		return "revoked"
 	case c.Status == pylon.CertSuperseded:
 		return "superseded: the device has connected with a newer certificate, renew with that one"
