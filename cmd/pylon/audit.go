@@ -89,7 +89,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t, nil
 	}
-	d, err := ParseDuration(strings.TrimSuffix(strings.TrimSpace(s), " ago"))
+	d, err := ParseDuration(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(s), "ago")))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("want an RFC 3339 time or a duration like 2h or \"2h ago\"")
 	}

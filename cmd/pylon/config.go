@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -180,7 +181,7 @@ func distinctListeners(ls []listener) error {
 			if apn == 0 || apn != bpn {
 				continue
 			}
-			if ah == bh || allAddrs(ah) || allAddrs(bh) {
+			if sameHost(ah, bh) {
 				return fmt.Errorf("%s and %s: both listen on %s and %s, the same port", a.setting, b.setting, a.addr, b.addr)
 			}
 		}
@@ -188,10 +189,41 @@ func distinctListeners(ls []listener) error {
 	return nil
 }
 
-// allAddrs reports whether a listener on host takes every address.
-func allAddrs(host string) bool {
-	ip := net.ParseIP(host)
-	return host == "" || ip != nil && ip.IsUnspecified()
+// sameHost reports whether listeners on hosts a and b can take the same
+// address: one of them takes every address, or they name one (127.0.0.1,
+// ::ffff:127.0.0.1 and localhost are all loopback).
+func sameHost(a, b string) bool {
+	as, bs := hostAddrs(a), hostAddrs(b)
+	if as == nil || bs == nil {
+		return true // every address
+	}
+	for _, x := range as {
+		for _, y := range bs {
+			if x == y {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hostAddrs returns the addresses a listener on host takes, nil for all
+// of them; a name other than localhost stands for itself.
+func hostAddrs(host string) []string {
+	if host == "" {
+		return nil
+	}
+	if strings.EqualFold(host, "localhost") {
+		return []string{"127.0.0.1", "::1"}
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return []string{strings.ToLower(host)}
+	}
+	if ip.IsUnspecified() {
+		return nil
+	}
+	return []string{ip.Unmap().WithZone("").String()}
 }
 
 func loopbackAddr(s string) bool {

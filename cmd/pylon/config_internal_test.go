@@ -49,6 +49,7 @@ func TestParseSince(t *testing.T) {
 		{"2h", now.Add(-2 * time.Hour)},
 		{"2h ago", now.Add(-2 * time.Hour)},
 		{" 1d ago ", now.Add(-24 * time.Hour)},
+		{"2h  ago", now.Add(-2 * time.Hour)},
 		{"2030-01-01T00:00:00Z", time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)},
 	} {
 		if got, err := parseSince(tt.in, now); err != nil || !got.Equal(tt.want) {
@@ -58,6 +59,20 @@ func TestParseSince(t *testing.T) {
 	for _, in := range []string{"ago", "2h from now", "yesterday", "2030-01-01"} {
 		if got, err := parseSince(in, now); err == nil {
 			t.Errorf("parseSince(%q) = %v; want an error", in, got)
+		}
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"/srv/pylon-data/ca.crt": "/srv/pylon-data/ca.crt",
+		"/tmp/my data/ca.crt":    "'/tmp/my data/ca.crt'",
+		"/tmp/it's/ca.crt":       `'/tmp/it'\''s/ca.crt'`,
+		"$HOME/ca.crt":           "'$HOME/ca.crt'",
+		"":                       "''",
+	} {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
 		}
 	}
 }

@@ -371,6 +371,9 @@ func TestBinary_CheckConfig(t *testing.T) {
 		{"API and MQTT on one port", "", []string{"--api-addr", "127.0.0.1:7000", "--mqtt-addr", "127.0.0.1:7000"}, "api-addr and mqtt-addr"},
 		{"all addresses and one on a port", "", []string{"--mqtt-addr", ":7001", "--mqtt-plain-addr", "127.0.0.1:7001"}, "mqtt-addr and mqtt-plain-addr"},
 		{"two hosts on a port", "", []string{"--api-addr", "127.0.0.1:7002", "--mqtt-addr", "127.0.0.2:7002"}, ""},
+		{"localhost and 127.0.0.1", "", []string{"--api-addr", "localhost:7003", "--mqtt-addr", "127.0.0.1:7003"}, "api-addr and mqtt-addr"},
+		{"a mapped IPv4 address", "", []string{"--api-addr", "127.0.0.1:7004", "--mqtt-addr", "[::ffff:127.0.0.1]:7004"}, "api-addr and mqtt-addr"},
+		{"integrations on the API's port", "", []string{"--api-addr", ":7005", "--mqtt-integration-addr", "127.0.0.1:7005"}, "api-addr and mqtt-integration-addr"},
 		{"a readable CA key", ca, nil, "chmod 600"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

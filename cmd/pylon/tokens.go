@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -68,7 +69,11 @@ func (e *cliEnv) runTokens(ctx context.Context, args []string) error {
 			fmt.Fprintf(w, "Expires\t%s\n", fmtTime(&t.ExpiresAt))
 			fmt.Fprintf(w, "\nThe token is shown only now. A device enrolls with it over EST, e.g.\n")
 			if e.caRead != "" { // the CA file this command trusted
-				fmt.Fprintf(w, "  examples/shell/enroll.sh %s %s %s DIR\n", c.BaseURL, e.caRead, t.Token)
+				ca := e.caRead
+				if abs, err := filepath.Abs(ca); err == nil {
+					ca = abs
+				}
+				fmt.Fprintf(w, "  examples/shell/enroll.sh %s %s %s DIR\n", c.BaseURL, shellQuote(ca), t.Token)
 			} else {
 				fmt.Fprintf(w, "  examples/shell/enroll.sh %s ca.crt %s DIR\n", c.BaseURL, t.Token)
 				fmt.Fprintf(w, "with the platform's CA certificate in ca.crt (docs/protocol.md, section 1).\n")
@@ -130,4 +135,12 @@ func tokenTarget(t *pylon.EnrollmentToken) string {
 		return "device " + t.DeviceID
 	}
 	return strings.TrimSpace("fleet " + formatLabels(t.Labels))
+}
+
+// shellQuote quotes s for a POSIX shell, unless it needs none.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./-+:@%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
