@@ -75,6 +75,11 @@ func (e *cliEnv) benchEnroll(ctx context.Context, args []string) error {
 	if !known {
 		return usageErrorf("-kex must be default, x25519 or p256")
 	}
+	prof, err := createCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer prof.stop()
 	c, err := e.client()
 	if err != nil {
 		return err
@@ -105,11 +110,9 @@ func (e *cliEnv) benchEnroll(ctx context.Context, args []string) error {
 	}
 	wg.Wait()
 
-	stopProfile, err := startCPUProfile(*cpuProfile)
-	if err != nil {
+	if err := prof.start(); err != nil {
 		return err
 	}
-	defer stopProfile()
 	// The load generator's own garbage collection is CPU the server does
 	// not get: with a small heap, collect less often while measuring.
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
@@ -366,22 +369,37 @@ func serverCPU(ctx context.Context, c *httpapi.Client) (float64, bool) {
 	return 0, false
 }
 
-// startCPUProfile writes a CPU profile of this process to the file name
-// until stop is called; with no name, it does nothing.
-func startCPUProfile(name string) (stop func(), err error) {
+// cpuProfile is the file a CPU profile of this process is written to,
+// created as soon as the flags are read so that a bad path fails before
+// the benchmark's setup. A nil *cpuProfile profiles nothing.
+type cpuProfile struct{ f *os.File }
+
+// createCPUProfile creates the file name; with no name, it returns nil.
+func createCPUProfile(name string) (*cpuProfile, error) {
 	if name == "" {
-		return func() {}, nil
+		return nil, nil
 	}
 	f, err := os.Create(name)
 	if err != nil {
 		return nil, err
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, err
+	return &cpuProfile{f}, nil
+}
+
+// start starts profiling into the file.
+func (p *cpuProfile) start() error {
+	if p == nil {
+		return nil
 	}
-	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}, nil
+	return pprof.StartCPUProfile(p.f)
+}
+
+// stop ends the profile, if one is under way, and closes the file; once.
+func (p *cpuProfile) stop() {
+	if p == nil || p.f == nil {
+		return
+	}
+	pprof.StopCPUProfile()
+	p.f.Close()
+	p.f = nil
 }

@@ -281,6 +281,11 @@ func (e *cliEnv) benchIngest(ctx context.Context, args []string) error {
 	case e.output != "table" && e.output != "json":
 		return usageErrorf("bench ingest: -o must be table or json")
 	}
+	prof, err := createCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer prof.stop()
 	r := &ingestRun{o: o, log: e.stderr, name: "temp"}
 	if o.records > 1 {
 		r.name = "room1/temp"
@@ -327,13 +332,12 @@ func (e *cliEnv) benchIngest(ctx context.Context, args []string) error {
 		defer sub.close()
 	}
 
-	stopProfile, err := startCPUProfile(*cpuProfile)
-	if err != nil {
+	if err := prof.start(); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "publishing from %d devices, %d in flight each...\n", len(r.devs), r.devs[0].window)
 	elapsed := r.publish(ctx, sub)
-	stopProfile()
+	prof.stop()
 	r.close()
 	s := r.summarize(elapsed)
 	if sub != nil {
