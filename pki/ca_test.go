@@ -429,6 +429,12 @@ func TestCheckFiles(t *testing.T) {
 	}
 
 	ca, dir := MustCA(t)
+	before := dirState(t, dir)
+	if err := pki.CheckFiles(dir, testNow); err != nil {
+		t.Fatalf("a CA without server files: %v, want nil (they would be created)", err)
+	} else if after := dirState(t, dir); after != before {
+		t.Fatalf("CheckFiles changed a CA's directory:\n%s\nbecame\n%s", before, after)
+	}
 	if _, err := ca.ServerCertificate(dir, nil, testNow); err != nil {
 		t.Fatal(err)
 	}
