@@ -65,7 +65,7 @@ func (b *Broker) recheckIntegration(cl *mqtt.Client, tok integrationToken) {
 		b.log.Warn("recheck mqtt integration token", "token", tok.id, "client", cl.ID, "err", err)
 		return
 	}
+	b.log.Info("mqtt integration session ended: its API token is no longer valid", "token", tok.id, "client", cl.ID)
 	b.integrations.m.Delete(cl)
 	closeClient(cl, true)
-	b.log.Info("mqtt integration session ended: its API token is no longer valid", "token", tok.id, "client", cl.ID)
 }
