@@ -54,6 +54,10 @@ type Server struct {
 	Now      func() time.Time // time.Now if nil
 	MQTTAddr string           // public broker address for devices (GET /api/v1/info); may be ""
 
+	// MQTTIntegrationAddr is the broker's TLS address for API-token
+	// integrations (GET /api/v1/info); "" if there is none.
+	MQTTIntegrationAddr string
+
 	MaxStreams   int           // concurrent event streams; DefaultMaxStreams if 0
 	PingInterval time.Duration // between ": ping" comments of event streams; DefaultPingInterval if 0
 
@@ -446,10 +450,14 @@ type Health struct {
 type Info struct {
 	Version  string `json:"version"`
 	MQTTAddr string `json:"mqtt_addr"` // a leading ':' means the host of the API URL
+
+	// MQTTIntegrationAddr is where integrations connect with an API token
+	// (MQTT over TLS, no client certificate), if the server has it.
+	MQTTIntegrationAddr string `json:"mqtt_integration_addr,omitempty"`
 }
 
 func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, Info{Version: pylon.Version, MQTTAddr: s.MQTTAddr})
+	writeJSON(w, http.StatusOK, Info{Version: pylon.Version, MQTTAddr: s.MQTTAddr, MQTTIntegrationAddr: s.MQTTIntegrationAddr})
 }
 
 // handleMetrics serves the Gatherer's metrics, or 404 without one.

@@ -165,8 +165,8 @@ func TestInfo(t *testing.T) {
 	f := newFixture(t)
 	var info httpapi.Info
 	decode(t, f.serve("GET", "/api/v1/info", ""), 200, &info)
-	if info.Version != pylon.Version || info.MQTTAddr != ":8883" {
-		t.Errorf("got %+v, want version %q and mqtt_addr :8883", info, pylon.Version)
+	if info.Version != pylon.Version || info.MQTTAddr != ":8883" || info.MQTTIntegrationAddr != ":8884" {
+		t.Errorf("got %+v, want version %q, mqtt_addr :8883 and mqtt_integration_addr :8884", info, pylon.Version)
 	}
 }
 

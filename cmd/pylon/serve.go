@@ -187,6 +187,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Logger:    log.With("component", "http"),
 		MQTTAddr:  publicMQTTAddr(cfg.PublicMQTT, m.Broker.Addr()),
 	}
+	if a := m.Broker.IntegrationAddr(); a != nil {
+		m.HTTP.MQTTIntegrationAddr = publicMQTTAddr("", a)
+	}
 	if err := m.HTTP.Start(ctx); err != nil {
 		return fmt.Errorf("start https: %w", err)
 	}

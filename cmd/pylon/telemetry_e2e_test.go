@@ -523,7 +523,15 @@ func TestBinary_SealMosquittoPub(t *testing.T) {
 	mustJSON(t, s.sh(t, `$PYLON devices create shell-sensor -o json`), &dev)
 
 	// An integration over TLS with an API token (docs/operations.md),
-	// subscribed in a session that keeps what it misses.
+	// subscribed in a session that keeps what it misses, at the address
+	// the server announces.
+	var info struct {
+		MQTTIntegrationAddr string `json:"mqtt_integration_addr"`
+	}
+	mustJSON(t, s.sh(t, `curl -sS --cacert "$PYLON_CA" "$API/api/v1/info"`), &info)
+	if want := fmt.Sprintf("127.0.0.1:%d", integPort); info.MQTTIntegrationAddr != want {
+		t.Fatalf("info: mqtt_integration_addr %q, want %q", info.MQTTIntegrationAddr, want)
+	}
 	var viewer struct{ Token string }
 	mustJSON(t, s.sh(t, `$PYLON api-tokens create integration --role viewer -o json`), &viewer)
 	integ := fmt.Sprintf(`mosquitto_sub --cafile "$PYLON_CA" -h localhost -p %d -i integration-1 -u integration -P '%s' -V mqttv5 -c -x 300 -q 1 -t 'devices/+/telemetry'`, integPort, viewer.Token)
