@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"errors"
 	"fmt"
 
@@ -100,6 +101,9 @@ func AlgorithmFor(pub crypto.PublicKey) (cose.Algorithm, error) {
 			return 0, badSignature("bad Ed25519 public key")
 		}
 		return cose.AlgorithmEdDSA, nil
+	case *rsa.PublicKey:
+		// Enrollment accepts RSA keys (docs/protocol.md, section 2).
+		return 0, badSignature("unsupported key type: an RSA key cannot sign telemetry; the device needs an ECDSA P-256 or P-384, or an Ed25519 key")
 	}
 	return 0, badSignature("unsupported key type %T", pub)
 }

@@ -147,7 +147,7 @@ func TestOpenRejects(t *testing.T) {
 			msg:  craft(t, spec{protected: hdr(cose.AlgorithmES384, 7), payload: pack, signer: p256, alg: cose.AlgorithmES256}),
 			want: envelope.ErrBadSignature, text: "algorithm mismatch",
 		},
-		{name: "unsupported device key", msg: good, pub: &rsa.PublicKey{}, want: envelope.ErrBadSignature, text: "unsupported key type"},
+		{name: "unsupported device key", msg: good, pub: &rsa.PublicKey{}, want: envelope.ErrBadSignature, text: "an RSA key cannot sign telemetry"},
 
 		// Protected header.
 		{name: "missing alg", prot: hdr(-7, 7, int64(1), nil), want: envelope.ErrMalformed, text: "lacks alg"},
@@ -408,7 +408,7 @@ func TestSealErrors(t *testing.T) {
 		{name: "bad encoding", signer: edKey, seq: 1, pack: pack, opts: envelope.SealOptions{Encoding: "gzip"}, want: `unknown content encoding "gzip"`},
 		{name: "bad deflate level", signer: edKey, seq: 1, pack: pack, opts: envelope.SealOptions{Encoding: "deflate", Level: 10}, want: "deflate level 10 out of range"},
 		{name: "bad zstd level", signer: edKey, seq: 1, pack: pack, opts: envelope.SealOptions{Encoding: "zstd", Level: 23}, want: "zstd level 23 out of range"},
-		{name: "RSA key", signer: rsaKey, seq: 1, pack: pack, want: "unsupported key type", is: envelope.ErrBadSignature},
+		{name: "RSA key", signer: rsaKey, seq: 1, pack: pack, want: "an RSA key cannot sign telemetry", is: envelope.ErrBadSignature},
 		{name: "oversize pack", signer: edKey, seq: 1, pack: make([]byte, pylon.MaxDecodedBytes+1), want: "over the limit", is: envelope.ErrTooLarge},
 		{name: "oversize message", signer: edKey, seq: 1, pack: make([]byte, pylon.MaxMessageBytes), want: "sealed message", is: envelope.ErrTooLarge},
 	}
