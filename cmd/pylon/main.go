@@ -30,6 +30,7 @@ Usage:
   pylon audit <verb>             audit log: list | verify
   pylon readings <verb>          telemetry: list | latest | agg | watch | rejected
   pylon bench enroll|ingest      measure a running server (EST enrollments/s, telemetry ingest)
+  pylon enroll --enroll-token T D enroll a device into directory D (its own key, EST)
   pylon seal --key F --seq N     sign a SenML JSON pack (stdin) as a telemetry message (stdout)
   pylon sim --devices N --rate R simulate a fleet of SDK devices against a server
   pylon version                  print the version
@@ -70,6 +71,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = env.runReadings(ctx, rest)
 	case "bench":
 		err = env.runBench(ctx, rest)
+	case "enroll":
+		err = env.runEnroll(ctx, rest)
 	case "seal":
 		err = env.runSeal(ctx, rest)
 	case "sim":

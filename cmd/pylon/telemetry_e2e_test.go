@@ -895,3 +895,40 @@ func TestBinary_Kill9KeepsAcknowledged(t *testing.T) {
 		t.Errorf("stored %d distinct readings, want %d", len(seen), total)
 	}
 }
+
+// TestBinary_Enroll: `pylon enroll` makes a device that `pylon seal` and
+// mosquitto_pub can use at once, with the files enroll.sh makes.
+func TestBinary_Enroll(t *testing.T) {
+	requireTools(t, "mosquitto_pub")
+	s := startServe(t, filepath.Join(t.TempDir(), "d"), freePort(t), freePort(t))
+	waitHealthy(t, s)
+	var dev struct{ ID string }
+	mustJSON(t, s.sh(t, `$PYLON devices create enrolled-by-cli -o json`), &dev)
+	var tok struct{ Token string }
+	mustJSON(t, s.sh(t, `$PYLON tokens create --device `+dev.ID+` -o json`), &tok)
+
+	if out, err := s.shErr(`$PYLON enroll dev`); err == nil || !strings.Contains(out, "--enroll-token") {
+		t.Fatalf("enroll without a token: got %v, %q; want a usage error", err, out)
+	}
+	out := s.sh(t, `PYLON_ENROLL_TOKEN='`+tok.Token+`' $PYLON enroll --key ed25519 dev`)
+	if !strings.Contains(out, "enrolled device "+dev.ID) {
+		t.Fatalf("enroll: got %q", out)
+	}
+	if got := s.sh(t, `stat -c '%n %a' dev dev/device.key; cat dev/device.id; ls dev | sort | tr '\n' ' '`); got != "dev 700\ndev/device.key 600\n"+dev.ID+"\nca.crt device.crt device.id device.key server.url " {
+		t.Fatalf("files: got %q", got)
+	}
+	if out, err := s.shErr(`$PYLON enroll --enroll-token '` + tok.Token + `' dev`); err == nil || !strings.Contains(out, "already holds an enrolled device") {
+		t.Fatalf("enroll into an enrolled directory: got %v, %q", err, out)
+	}
+	if out, err := s.shErr(`$PYLON enroll --enroll-token '` + tok.Token + `' dev2`); err == nil || !strings.Contains(out, "enrollment refused (HTTP 401)") {
+		t.Fatalf("enroll with a used token: got %v, %q", err, out)
+	}
+
+	s.sh(t, `echo '[{"n":"temp","u":"Cel","v":20.5}]' | $PYLON seal --key dev/device.key --seq-file dev/seq |
+  mosquitto_pub --cafile dev/ca.crt --cert dev/device.crt --key dev/device.key -h localhost -p $MQTT_PORT -i `+dev.ID+` -q 1 -V mqttv5 -t devices/`+dev.ID+`/telemetry -s`)
+	var list struct{ Readings []pylon.Reading }
+	mustJSON(t, s.sh(t, `$PYLON readings list `+dev.ID+` -o json`), &list)
+	if len(list.Readings) != 1 || list.Readings[0].Name != "temp" || *list.Readings[0].Value != 20.5 {
+		t.Fatalf("readings: got %+v, want temp 20.5", list.Readings)
+	}
+}
