@@ -14,7 +14,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -251,8 +250,7 @@ func (e *cliEnv) benchIngest(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	nSet := false
-	fs.Visit(func(f *flag.Flag) { nSet = nSet || f.Name == "n" })
+	nSet := isSet(fs, "n")
 	switch {
 	case len(pos) > 0:
 		return usageErrorf("bench ingest: unexpected argument %q", pos[0])

@@ -72,23 +72,54 @@ func (e *cliEnv) dataDir() string {
 	return "./pylon-data"
 }
 
+// pick returns flagVal if set, else the environment variable env if set,
+// else def.
+func (e *cliEnv) pick(flagVal, env, def string) string {
+	if flagVal != "" {
+		return flagVal
+	} else if v := e.getenv(env); v != "" {
+		return v
+	}
+	return def
+}
+
+// isSet reports whether the flag name was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// enrollFlags are the flags of a command that acts as devices: the server
+// they enroll with, the CA certificate they pin and the enrollment token.
+type enrollFlags struct{ server, ca, token *string }
+
+// addEnrollFlags defines the enrollFlags on fs.
+func addEnrollFlags(fs *flag.FlagSet, caUsage, tokenUsage string) enrollFlags {
+	return enrollFlags{
+		server: fs.String("server", "", "server `URL` ($PYLON_SERVER; default https://localhost:8443)"),
+		ca:     fs.String("ca", "", caUsage+" ($PYLON_CA; default ./pylon-data/ca.crt)"),
+		token:  fs.String("enroll-token", "", tokenUsage+" ($PYLON_ENROLL_TOKEN)"),
+	}
+}
+
+// resolve fills what the flags left unset from the environment and, next
+// to a local server, the admin commands' defaults.
+func (f enrollFlags) resolve(e *cliEnv) {
+	*f.server = e.pick(*f.server, "PYLON_SERVER", "https://localhost:8443")
+	*f.ca = e.pick(*f.ca, "PYLON_CA", filepath.Join(e.dataDir(), "ca.crt"))
+	*f.token = e.pick(*f.token, "PYLON_ENROLL_TOKEN", "")
+}
+
 // client builds an API client from flags, environment and local defaults.
 func (e *cliEnv) client() (*httpapi.Client, error) {
 	if e.output != "table" && e.output != "json" {
 		return nil, usageErrorf("-o must be table or json")
 	}
-	pick := func(flagVal, env, def string) string {
-		if flagVal != "" {
-			return flagVal
-		} else if v := e.getenv(env); v != "" {
-			return v
-		}
-		return def
-	}
-	server := strings.TrimRight(pick(e.server, "PYLON_SERVER", "https://localhost:8443"), "/")
-	token := pick(e.token, "PYLON_TOKEN", "")
+	server := strings.TrimRight(e.pick(e.server, "PYLON_SERVER", "https://localhost:8443"), "/")
+	token := e.pick(e.token, "PYLON_TOKEN", "")
 	if token == "" {
-		file := pick(e.tokenFile, "PYLON_TOKEN_FILE", filepath.Join(e.dataDir(), "admin.token"))
+		file := e.pick(e.tokenFile, "PYLON_TOKEN_FILE", filepath.Join(e.dataDir(), "admin.token"))
 		b, err := os.ReadFile(file)
 		if err != nil {
 			return nil, fmt.Errorf("no API token: set --token or PYLON_TOKEN, or run next to a server's data directory (%v)", err)
@@ -96,7 +127,7 @@ func (e *cliEnv) client() (*httpapi.Client, error) {
 		token = strings.TrimSpace(string(b))
 	}
 	var caPEM []byte
-	caFile := pick(e.ca, "PYLON_CA", filepath.Join(e.dataDir(), "ca.crt"))
+	caFile := e.pick(e.ca, "PYLON_CA", filepath.Join(e.dataDir(), "ca.crt"))
 	if b, err := os.ReadFile(caFile); err == nil {
 		caPEM, e.caRead = b, caFile
 	} else if e.ca != "" || e.getenv("PYLON_CA") != "" {

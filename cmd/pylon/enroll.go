@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -32,9 +31,7 @@ next to a local server they default to https://localhost:8443 and
 // runEnroll implements `pylon enroll`.
 func (e *cliEnv) runEnroll(ctx context.Context, args []string) error {
 	fs := e.flagSet("enroll", enrollUsage)
-	server := fs.String("server", "", "server `URL` ($PYLON_SERVER; default https://localhost:8443)")
-	caFile := fs.String("ca", "", "CA certificate `file` to trust ($PYLON_CA; default ./pylon-data/ca.crt)")
-	token := fs.String("enroll-token", "", "enrollment `token` ($PYLON_ENROLL_TOKEN)")
+	ef := addEnrollFlags(fs, "CA certificate `file` to trust", "enrollment `token`")
 	keyType := fs.String("key", "p256", "key the device makes: p256 or ed25519")
 	name := fs.String("name", "", "`common name` of the request: the new device's name with a fleet token")
 	output := fs.String("o", "table", "output `format`: table or json")
@@ -42,28 +39,18 @@ func (e *cliEnv) runEnroll(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	pick := func(v *string, env, def string) {
-		if *v == "" {
-			*v = e.getenv(env)
-		}
-		if *v == "" {
-			*v = def
-		}
-	}
-	pick(server, "PYLON_SERVER", "https://localhost:8443")
-	pick(caFile, "PYLON_CA", filepath.Join(e.dataDir(), "ca.crt"))
-	pick(token, "PYLON_ENROLL_TOKEN", "")
+	ef.resolve(e)
 	switch {
 	case len(pos) != 1:
 		return usageErrorf("enroll: want one directory, got %d arguments", len(pos))
-	case *token == "":
+	case *ef.token == "":
 		return usageErrorf("enroll: --enroll-token (or $PYLON_ENROLL_TOKEN) is required")
 	case *keyType != string(device.KeyP256) && *keyType != string(device.KeyEd25519):
 		return usageErrorf("enroll: --key must be p256 or ed25519")
 	case *output != "table" && *output != "json":
 		return usageErrorf("enroll: -o must be table or json")
 	}
-	caPEM, err := os.ReadFile(*caFile)
+	caPEM, err := os.ReadFile(*ef.ca)
 	if err != nil {
 		return fmt.Errorf("read CA certificate: %w", err)
 	}
@@ -71,7 +58,7 @@ func (e *cliEnv) runEnroll(ctx context.Context, args []string) error {
 	if *name != "" {
 		opts = append(opts, device.WithCommonName(*name))
 	}
-	id, err := device.Enroll(ctx, *server, *token, caPEM, pos[0], opts...)
+	id, err := device.Enroll(ctx, *ef.server, *ef.token, caPEM, pos[0], opts...)
 	if err != nil {
 		return err
 	}

@@ -77,9 +77,8 @@ type simSummary struct {
 // runSim implements `pylon sim`.
 func (e *cliEnv) runSim(ctx context.Context, args []string) error {
 	fs := e.flagSet("sim", simUsage)
-	server := fs.String("server", "", "server `URL` ($PYLON_SERVER; default https://localhost:8443)")
-	caFile := fs.String("ca", "", "CA certificate `file` the devices pin ($PYLON_CA; default ./pylon-data/ca.crt)")
-	token := fs.String("enroll-token", "", "fleet enrollment `token` ($PYLON_ENROLL_TOKEN)")
+	ef := addEnrollFlags(fs, "CA certificate `file` the devices pin", "fleet enrollment `token`")
+	server, caFile, token := ef.server, ef.ca, ef.token
 	n := fs.Int("devices", 10, "number of devices")
 	rate := fs.Float64("rate", 1, "messages per second per device")
 	duration := fs.Duration("duration", time.Minute, "how long to publish (0: until interrupted)")
@@ -96,18 +95,7 @@ func (e *cliEnv) runSim(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	pick := func(v *string, env, def string) {
-		if *v == "" {
-			*v = e.getenv(env)
-		}
-		if *v == "" {
-			*v = def
-		}
-	}
-	// The same defaults as the admin commands: next to a local server.
-	pick(server, "PYLON_SERVER", "https://localhost:8443")
-	pick(caFile, "PYLON_CA", filepath.Join(e.dataDir(), "ca.crt"))
-	pick(token, "PYLON_ENROLL_TOKEN", "")
+	ef.resolve(e)
 	var level slog.Level
 	switch {
 	case len(pos) > 0:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -32,9 +31,7 @@ func (e *cliEnv) runTokens(ctx context.Context, args []string) error {
 		if _, err := parse(fs, args); err != nil {
 			return err
 		}
-		usesSet := false
-		fs.Visit(func(f *flag.Flag) { usesSet = usesSet || f.Name == "uses" })
-		if usesSet && *uses < 1 {
+		if isSet(fs, "uses") && *uses < 1 {
 			return usageErrorf("--uses must be at least 1")
 		}
 		req := httpapi.EnrollmentTokenRequest{Labels: labels, Uses: *uses}
