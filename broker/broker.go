@@ -234,13 +234,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		ClientCAs:    b.opts.ClientCAs,
 	})
 	var integLn, plainLn net.Listener
-	closeAll := func() {
-		for _, ln := range []net.Listener{tlsLn, integLn, plainLn} {
-			if ln != nil {
-				ln.Close()
-			}
-		}
-	}
+	closeAll := func() { closeListeners(tlsLn, integLn, plainLn) }
 	if b.opts.IntegrationAddr != "" {
 		p, err := lc.Listen(ctx, "tcp", b.opts.IntegrationAddr)
 		if err != nil {
@@ -320,34 +314,32 @@ func (b *Broker) Start(ctx context.Context) error {
 }
 
 // Addr returns the bound TLS address, or nil before Start.
-func (b *Broker) Addr() net.Addr {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.tlsLn == nil {
-		return nil
-	}
-	return b.tlsLn.Addr()
-}
+func (b *Broker) Addr() net.Addr { return b.addrOf(&b.tlsLn) }
 
 // PlainAddr returns the bound plain-TCP address, or nil if there is none.
-func (b *Broker) PlainAddr() net.Addr {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.plainLn == nil {
-		return nil
-	}
-	return b.plainLn.Addr()
-}
+func (b *Broker) PlainAddr() net.Addr { return b.addrOf(&b.plainLn) }
 
 // IntegrationAddr returns the bound address of the integrations' TLS
 // listener, or nil if there is none.
-func (b *Broker) IntegrationAddr() net.Addr {
+func (b *Broker) IntegrationAddr() net.Addr { return b.addrOf(&b.integLn) }
+
+// closeListeners closes those of lns that are not nil.
+func closeListeners(lns ...net.Listener) {
+	for _, ln := range lns {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// addrOf returns the address of the listener *ln, one of b's, or nil.
+func (b *Broker) addrOf(ln *net.Listener) net.Addr {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.integLn == nil {
+	if *ln == nil {
 		return nil
 	}
-	return b.integLn.Addr()
+	return (*ln).Addr()
 }
 
 // Server returns the mochi server, for later hooks (ingest, commands) and
@@ -367,17 +359,13 @@ func (b *Broker) Close() error {
 		b.closing.Store(true)
 		b.mu.Lock()
 		b.closed = true
-		started, lns, stop := b.started, []net.Listener{b.tlsLn, b.integLn, b.plainLn}, b.stopAudit
+		started, tlsLn, integLn, plainLn, stop := b.started, b.tlsLn, b.integLn, b.plainLn, b.stopAudit
 		b.mu.Unlock()
 
 		if started {
 			// Stop accepting first, so that no client arrives between mochi
 			// disconnecting the clients and closing its listeners.
-			for _, ln := range lns {
-				if ln != nil {
-					ln.Close()
-				}
-			}
+			closeListeners(tlsLn, integLn, plainLn)
 		}
 		// Every client is disconnected (v5: DISCONNECT 0x8B) and its
 		// goroutine waited for, so every OnDisconnect hook has run. mochi's

@@ -372,14 +372,7 @@ func TestSession_TakeoverKeepsDeviceOnline(t *testing.T) {
 	waitFor(t, "first online", func() bool { return e.store.Online(id) })
 	second := e.MustConnect(cert, id)
 
-	select {
-	case d := <-first.disc:
-		if d.ReasonCode != 0x8e {
-			t.Fatalf("first connection: got DISCONNECT 0x%02x, want 0x8e", d.ReasonCode)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("first connection got no DISCONNECT")
-	}
+	first.ExpectDisconnect(t, 0x8e, 5*time.Second, "first connection")
 	waitFor(t, "old connection gone", func() bool { return e.b.Connected() == 1 })
 	if !e.store.Online(id) {
 		t.Fatal("device offline after takeover, want online")
@@ -404,14 +397,7 @@ func TestDisconnectDevice(t *testing.T) {
 	if err := e.b.DisconnectDevice(context.Background(), id, "suspended"); err != nil {
 		t.Fatalf("DisconnectDevice: %v", err)
 	}
-	select {
-	case d := <-c.disc:
-		if d.ReasonCode != 0x98 {
-			t.Fatalf("got DISCONNECT 0x%02x, want 0x98", d.ReasonCode)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("session not dropped within 1s")
-	}
+	c.ExpectDisconnect(t, 0x98, time.Second, "session dropped")
 	t.Logf("dropped after %v", time.Since(start))
 	waitFor(t, "offline", func() bool { return !e.store.Online(id) })
 	evs := e.store.Events(id)
@@ -674,14 +660,7 @@ func TestIntegrationListener_TokenRevoked(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond) // checked several times, still valid
 			e.store.RevokeToken(revoked)
-			select {
-			case d := <-gone.disc:
-				if d.ReasonCode != 0x98 {
-					t.Fatalf("got DISCONNECT 0x%02x, want 0x98", d.ReasonCode)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("the session of a revoked token is still live")
-			}
+			gone.ExpectDisconnect(t, 0x98, 5*time.Second, "the session of a revoked token")
 			id, cert := e.NewDevice()
 			dev := e.MustConnect(cert, id)
 			if got := stays.SubscribeCodes(t, "devices/+/status"); got[0] >= 0x80 {

@@ -513,6 +513,20 @@ func (e *env) ExpectOnly(t *testing.T, c *client, marker string) {
 	}
 }
 
+// ExpectDisconnect waits up to within for the broker's DISCONNECT and
+// fails the test unless it comes with code; what names the wait.
+func (c *client) ExpectDisconnect(t *testing.T, code byte, within time.Duration, what string) {
+	t.Helper()
+	select {
+	case d := <-c.disc:
+		if d.ReasonCode != code {
+			t.Fatalf("%s: got DISCONNECT 0x%02x, want 0x%02x", what, d.ReasonCode, code)
+		}
+	case <-time.After(within):
+		t.Fatalf("%s: no DISCONNECT within %v", what, within)
+	}
+}
+
 // Receive waits for the next message.
 func (c *client) Receive(t *testing.T) *paho.Publish {
 	t.Helper()

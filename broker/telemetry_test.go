@@ -341,14 +341,7 @@ func TestTelemetry_RetryDisconnectsWithoutAck(t *testing.T) {
 		pr, _ := dev.Publish(ctx, &paho.Publish{Topic: broker.TelemetryTopic(id), QoS: 1, Payload: []byte("m")})
 		done <- pr
 	}()
-	select {
-	case d := <-dev.disc:
-		if d.ReasonCode != 0x88 {
-			t.Fatalf("got DISCONNECT 0x%02x, want 0x88 (server unavailable)", d.ReasonCode)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no DISCONNECT")
-	}
+	dev.ExpectDisconnect(t, 0x88, 5*time.Second, "server unavailable")
 	cancel() // no PUBACK came before the DISCONNECT, and none can come after it
 	if pr := <-done; pr != nil {
 		t.Fatalf("got an acknowledgement %+v, want none", pr)
